@@ -1,0 +1,111 @@
+"""DSM risk and excess risk against closed forms (Gaussian integrals) and Monte Carlo."""
+import math
+
+import pytest
+import torch
+
+import dsmlib as dsm
+
+F64 = torch.float64
+DATA = torch.tensor([-1.2, -0.1, 0.7, 1.9], dtype=F64)
+
+
+def test_quadrature_nodes_integrate_moments():
+    z, w = dsm.noise_nodes(801)
+    assert w.sum().item() == pytest.approx(1.0, abs=1e-14)
+    assert (w * z ** 2).sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert (w * z ** 4).sum().item() == pytest.approx(3.0, abs=1e-10)
+
+
+def test_risk_of_linear_score_closed_form():
+    # s(y) = a y + c: R = (1/n) sum_i E (a(mu x_i + sigma z) + c + z/sigma)^2
+    #                   = (1/n) sum_i (a mu x_i + c)^2 + (a sigma + 1/sigma)^2
+    mu, sigma, a, c = 0.9, 0.4, -2.0, 0.3
+    r = dsm.dsm_risk(lambda y: a * y + c, DATA, mu, sigma)
+    exact = ((a * mu * DATA + c) ** 2).mean() + (a * sigma + 1 / sigma) ** 2
+    assert r.item() == pytest.approx(exact.item(), rel=1e-12)
+
+
+def test_risk_of_ramp_closed_form():
+    # s(y) = relu(y): E relu(m + s z)^2 = (m^2 + s^2) Phi(m/s) + m s phi(m/s); E z relu(m+sz) = s Phi(m/s)
+    mu, sigma = 0.9, 0.4
+    m = mu * DATA
+    Phi = 0.5 * (1 + torch.erf(m / sigma / math.sqrt(2)))
+    phi = torch.exp(-0.5 * (m / sigma) ** 2) / math.sqrt(2 * math.pi)
+    e_s2 = (m ** 2 + sigma ** 2) * Phi + m * sigma * phi
+    e_zs = sigma * Phi
+    exact = (e_s2 + 2 * e_zs / sigma).mean() + 1 / sigma ** 2
+    r = dsm.dsm_risk(torch.relu, DATA, mu, sigma, num_nodes=4001)
+    assert r.item() == pytest.approx(exact.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.31, 0.57, 2.0])
+def test_optimal_is_minimal_and_excess_identity(sigma):
+    mu = 0.95
+    r_opt = dsm.dsm_risk("optimal", DATA, mu, sigma)
+    others = [lambda y: -y / sigma ** 2, lambda y: torch.zeros_like(y),
+              lambda y: dsm.optimal_score(y, DATA, mu, 1.3 * sigma),
+              lambda y: torch.tanh(y) - y]
+    for s in others:
+        r = dsm.dsm_risk(s, DATA, mu, sigma)
+        ex = dsm.excess_risk(s, DATA, mu, sigma)
+        assert r.item() >= r_opt.item()
+        assert (r - r_opt).item() == pytest.approx(ex.item(), rel=1e-6, abs=1e-8 / sigma ** 2)
+    assert dsm.excess_risk("optimal", DATA, mu, sigma).item() == 0.0
+
+
+def test_optimal_risk_vanishes_for_small_noise():
+    # Cor. 3: R_n(s*) -> 0 as sigma -> 0 for separated data
+    r = [dsm.dsm_risk("optimal", DATA, 0.95, s).item() for s in (0.3, 0.1, 0.05)]
+    assert r[0] > r[1] > r[2] and r[2] < 1e-6
+
+
+def test_ensemble_axis():
+    f = lambda y: torch.stack([y, 2 * y, -y])
+    r = dsm.dsm_risk(f, DATA, 0.9, 0.4)
+    assert r.shape == (3,)
+    assert r[1].item() == pytest.approx(dsm.dsm_risk(lambda y: 2 * y, DATA, 0.9, 0.4).item())
+
+
+def test_monte_carlo_nd_matches_closed_form():
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(5, 3, generator=g, dtype=F64)
+    mu, sigma, a = 0.8, 0.5, -1.5
+    r = dsm.dsm_risk(lambda y: a * y, data, mu, sigma, num_samples=20000,
+                     generator=torch.Generator().manual_seed(1))
+    exact = (a * mu) ** 2 * (data ** 2).sum(1).mean() + 3 * (a * sigma + 1 / sigma) ** 2
+    assert r.item() == pytest.approx(exact.item(), rel=5e-3)
+    # deterministic with the same generator
+    r2 = dsm.dsm_risk(lambda y: a * y, data, mu, sigma, num_samples=20000,
+                      generator=torch.Generator().manual_seed(1))
+    assert torch.equal(r, r2)
+
+
+def test_monte_carlo_excess_identity_nd():
+    g = torch.Generator().manual_seed(2)
+    data = torch.randn(6, 2, generator=g, dtype=F64)
+    mu, sigma = 0.9, 0.3
+    f = lambda y: -y / sigma ** 2
+    gen = lambda: torch.Generator().manual_seed(7)
+    diff = dsm.dsm_risk(f, data, mu, sigma, generator=gen()) - dsm.dsm_risk("optimal", data, mu, sigma, generator=gen())
+    ex = dsm.excess_risk(f, data, mu, sigma, generator=gen())
+    assert diff.item() == pytest.approx(ex.item(), rel=0.05)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="score_fn"):
+        dsm.dsm_risk(3.0, DATA, 0.9, 0.3)
+    with pytest.raises(ValueError, match="score_fn"):
+        dsm.dsm_risk("best", DATA, 0.9, 0.3)
+    with pytest.raises(ValueError, match="shape"):
+        dsm.dsm_risk(lambda y: y[:3], DATA, 0.9, 0.3)
+    with pytest.raises(ValueError, match="sigma"):
+        dsm.dsm_risk("optimal", DATA, 0.9, 0.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        dsm.dsm_risk("optimal", DATA, 0.9, 0.3, num_samples=10)
+    with pytest.raises(ValueError, match="num_nodes"):
+        dsm.dsm_risk("optimal", DATA, 0.9, 0.3, num_nodes=1)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        dsm.dsm_risk(lambda y: y * float("nan"), DATA, 0.9, 0.3)
+    with pytest.raises(TypeError, match="generator"):
+        dsm.dsm_risk("optimal", torch.zeros(3, 2), 0.9, 0.3, generator=1)
