@@ -1,0 +1,195 @@
+r"""Memorization metrics: MMD, nearest-neighbour distances and ratio, the fitted Gaussian.
+
+- :func:`mmd`: how far generated samples are from a reference sample (Fig. 3–4 of the paper use a
+  Gaussian kernel of bandwidth 1).
+- :func:`memorization_fraction`: fraction of samples much closer to their nearest training point
+  than to the second nearest (Gu et al. 2023, "On memorization in diffusion models").
+- :func:`fitted_gaussian`: the Gaussian with the data's mean and covariance, the distribution that
+  large-learning-rate samples resemble in Fig. 3.
+
+All pairwise computations are done in row blocks, so ``N, M`` of a few ``10^4`` fit in memory.
+See chapter 3, "Measuring memorization", and chapters 8–9.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _checks
+
+__all__ = ["mmd", "nearest_neighbor_distances", "memorization_fraction", "fitted_gaussian",
+           "FittedGaussian"]
+
+_BLOCK_ELEMENTS = 1 << 22  # entries of one pairwise block (16 MiB in float32)
+
+
+def _points(x, name, *, min_points=1):
+    """``(N,)`` or ``(N, d)`` -> ``(N, d)`` tensor, with ``was_1d``."""
+    t, was_1d = _checks.data_2d(x, name, min_points=min_points)
+    return t, was_1d
+
+
+def _common(x, y, xname, yname):
+    """Bring two point sets to a common floating dtype; check device and dimension."""
+    if x.device != y.device:
+        raise ValueError(f"{xname} is on {x.device} but {yname} is on {y.device}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"dimension mismatch: {xname} has dimension {x.shape[1]}, "
+                         f"{yname} has dimension {y.shape[1]}")
+    dt = torch.promote_types(x.dtype, y.dtype)
+    return x.to(dt), y.to(dt)
+
+
+def _row_block(n_cols: int, chunk_size) -> int:
+    if chunk_size is not None:
+        return _checks.integer(chunk_size, "chunk_size", minimum=1)
+    return max(1, _BLOCK_ELEMENTS // max(n_cols, 1))
+
+
+def _sq_dists(a, b):
+    """``|a_i - b_j|^2`` for ``a`` (p, d), ``b`` (q, d), via the Gram expansion, clamped at 0."""
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return d2.clamp_min_(0.0)
+
+
+def _kernel_sum(a, b, bandwidth, chunk_size, same: bool):
+    """``sum_{i, j} k(a_i, b_j)`` in float64, with the diagonal ``i = j`` left out if ``same``."""
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    scale = -0.5 / bandwidth ** 2
+    rows = _row_block(b.shape[0], chunk_size)
+    for start in range(0, a.shape[0], rows):
+        blk = a[start:start + rows]
+        k = torch.exp(_sq_dists(blk, b) * scale)
+        total += k.sum(dtype=torch.float64)
+        if same:  # remove the computed diagonal entries k(a_i, a_i) of this block
+            idx = torch.arange(blk.shape[0], device=a.device)
+            total -= k[idx, idx + start].sum(dtype=torch.float64)
+    return total
+
+
+def mmd(x, y, bandwidth: float = 1.0, *, unbiased: bool = True, chunk_size: int | None = None):
+    r"""Squared maximum mean discrepancy between two samples, Gaussian kernel.
+
+    Kernel ``k(a, b) = exp(-|a - b|^2 / (2 bandwidth^2))`` (so ``bandwidth`` is the standard
+    deviation of the Gaussian; the paper uses ``bandwidth = 1``). Unbiased U-statistic
+
+        MMD^2_u = 1/(N(N-1)) sum_{i != j} k(x_i, x_j) + 1/(M(M-1)) sum_{i != j} k(y_i, y_j)
+                  - 2/(N M) sum_{i, j} k(x_i, y_j),
+
+    which can be slightly negative when both samples come from the same law. ``unbiased=False``
+    gives the V-statistic (diagonal terms included, divided by ``N^2`` and ``M^2``), always
+    ``>= 0``.
+
+    x: ``(N,)`` or ``(N, d)``; y: ``(M,)`` or ``(M, d)`` with the same ``d``; ``N, M >= 2``.
+    chunk_size: rows per pairwise block (default: blocks of about 4M kernel entries).
+    Returns a 0-d tensor in the common dtype of ``x`` and ``y`` (sums accumulated in float64).
+    """
+    bandwidth = _checks.positive(bandwidth, "bandwidth")
+    if not isinstance(unbiased, bool):
+        raise TypeError(f"unbiased must be True or False, got {type(unbiased).__name__}")
+    xs, _ = _points(x, "x", min_points=2)
+    ys, _ = _points(y, "y", min_points=2)
+    xs, ys = _common(xs, ys, "x", "y")
+    centre = torch.cat([xs, ys]).mean(0)  # the kernel is translation invariant; centring keeps
+    xs, ys = xs - centre, ys - centre     # the Gram expansion accurate for data far from 0
+    n, m = xs.shape[0], ys.shape[0]
+    kxx = _kernel_sum(xs, xs, bandwidth, chunk_size, same=unbiased)
+    kyy = _kernel_sum(ys, ys, bandwidth, chunk_size, same=unbiased)
+    kxy = _kernel_sum(xs, ys, bandwidth, chunk_size, same=False)
+    if unbiased:
+        val = kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy / (n * m)
+    else:
+        val = kxx / n ** 2 + kyy / m ** 2 - 2.0 * kxy / (n * m)
+    return val.to(xs.dtype)
+
+
+def nearest_neighbor_distances(samples, data, k: int = 2, *, chunk_size: int | None = None):
+    r"""Euclidean distances from each sample to its ``k`` nearest training points.
+
+    samples: ``(N,)`` or ``(N, d)``; data: ``(n,)`` or ``(n, d)`` (same ``d``), ``1 <= k <= n``.
+    Returns ``(distances, indices)``, both ``(N, k)``, sorted by increasing distance;
+    ``indices[i, j]`` indexes ``data``. Distances are computed from the differences
+    ``|x_i - x_j|`` (no Gram expansion), so they stay accurate for samples that sit on a
+    training point; row blocks keep memory bounded.
+    """
+    xs, _ = _points(samples, "samples")
+    xd, _ = _points(data, "data")
+    xs, xd = _common(xs, xd, "samples", "data")
+    k = _checks.integer(k, "k", minimum=1)
+    if k > xd.shape[0]:
+        raise ValueError(f"k must be <= the number of training points ({xd.shape[0]}), got {k}")
+    rows = _row_block(xd.shape[0] * xd.shape[1], chunk_size)
+    dists, idx = [], []
+    for start in range(0, xs.shape[0], rows):
+        blk = xs[start:start + rows]
+        d = torch.cdist(blk, xd, compute_mode="donot_use_mm_for_euclid_dist")
+        v, i = torch.topk(d, k, dim=1, largest=False, sorted=True)
+        dists.append(v)
+        idx.append(i)
+    return torch.cat(dists), torch.cat(idx)
+
+
+def memorization_fraction(samples, data, ratio: float = 1 / 3, *,
+                          chunk_size: int | None = None) -> float:
+    r"""Fraction of samples that copy a training point (Gu et al. 2023).
+
+    A sample ``y`` counts as memorized when ``|y - x_(1)| < ratio * |y - x_(2)|``, with ``x_(1)``,
+    ``x_(2)`` its nearest and second-nearest training points (Euclidean distance).
+    samples: ``(N,)`` or ``(N, d)``; data: ``(n,)`` or ``(n, d)`` with ``n >= 2``;
+    ratio in ``(0, 1]`` (Gu et al. use ``1/3``). Returns a Python float in ``[0, 1]``.
+    """
+    ratio = _checks.probability(ratio, "ratio")
+    xd, _ = _points(data, "data", min_points=2)
+    dist, _ = nearest_neighbor_distances(samples, xd, k=2, chunk_size=chunk_size)
+    return float((dist[:, 0] < ratio * dist[:, 1]).to(torch.float64).mean())
+
+
+@dataclass(frozen=True)
+class FittedGaussian:
+    """The Gaussian ``N(mean, covariance)`` fitted to training points by :func:`fitted_gaussian`.
+
+    mean: ``(d,)``; covariance: ``(d, d)``, the unbiased sample covariance
+    ``Xc^T Xc / (n - 1)`` with ``Xc`` the centred data; ``centered``: ``Xc`` ``(n, d)``;
+    ``was_1d``: the data were given as ``(n,)`` (samples are then ``(N,)``).
+    Unpacks as ``mean, covariance = fitted_gaussian(data)``.
+    """
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    centered: torch.Tensor
+    was_1d: bool
+
+    def __iter__(self):
+        return iter((self.mean, self.covariance))
+
+    def sample(self, num_samples: int, *, generator: torch.Generator | None = None):
+        r"""Draw ``num_samples`` points: ``mean + Xc^T g / sqrt(n - 1)`` with ``g ~ N(0, I_n)``.
+
+        This is exactly ``N(mean, covariance)`` and needs no Cholesky factor, so it also works
+        when ``d >= n`` (singular covariance, as in Fig. 4 with few points in high dimension).
+        Returns ``(N, d)``, or ``(N,)`` for one-dimensional data.
+        """
+        num_samples = _checks.integer(num_samples, "num_samples", minimum=1)
+        generator = _checks.generator_or_none(generator)
+        n = self.centered.shape[0]
+        g = torch.randn(num_samples, n, generator=generator, dtype=self.mean.dtype,
+                        device=self.mean.device)
+        out = self.mean + (g @ self.centered) / (n - 1) ** 0.5
+        return out[:, 0] if self.was_1d else out
+
+
+def fitted_gaussian(data) -> FittedGaussian:
+    r"""Fit ``N(mean, covariance)`` to training points (sample mean, unbiased covariance).
+
+    data: ``(n,)`` or ``(n, d)`` with ``n >= 2``. Returns a :class:`FittedGaussian` with
+    ``mean`` ``(d,)``, ``covariance`` ``(d, d)`` and a ``sample(num_samples, generator=...)``
+    method.
+    Large-learning-rate samples of Fig. 3 land close to this distribution.
+    """
+    x, was_1d = _points(data, "data", min_points=2)
+    mean = x.mean(0)
+    xc = x - mean
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    return FittedGaussian(mean, cov, xc, was_1d)

@@ -1,0 +1,101 @@
+r"""Small matplotlib helpers for the experiment chapters (8 and 9).
+
+Each helper draws on a given ``ax`` and returns it, so a notebook cell stays one call per panel.
+Inputs are NumPy arrays as returned by :mod:`dsmlib.experiments` (or loaded from ``results/``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["mean_ci", "plot_scores", "plot_over_lrs", "plot_samples_2d", "plot_over_dims"]
+
+
+def mean_ci(values, axis=-1, level=0.95):
+    r"""Mean and a Student-t confidence interval of the mean along ``axis``.
+
+    ``mean ± t_{(1+level)/2, S-1} sd / sqrt(S)`` with ``S`` the number of finite values (NaNs are
+    ignored). Returns ``(mean, lo, hi)``, each with ``axis`` removed; with one value the interval
+    is that value.
+    """
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    count = np.sum(np.isfinite(v), axis=axis)
+    mean = np.nanmean(v, axis=axis)
+    sd = np.nanstd(v, axis=axis, ddof=1) if v.shape[axis] > 1 else np.zeros_like(mean)
+    sd = np.where(count > 1, sd, 0.0)
+    q = stats.t.ppf(0.5 + level / 2, np.maximum(count - 1, 1))
+    half = q * sd / np.sqrt(np.maximum(count, 1))
+    return mean, mean - half, mean + half
+
+
+def plot_scores(ax, grid, scores, optimal, data, mu, labels, *, title=None, ylim=None):
+    """Learned scores (L, G) and ``s*`` (G,) on ``grid``; training points ``mu x_i`` marked."""
+    for s, lab in zip(scores, labels):
+        ax.plot(grid, s, lw=1.5, label=lab)
+    ax.plot(grid, optimal, "k--", lw=1.2, label=r"$s^*$")
+    ax.plot(mu * np.asarray(data), np.zeros(len(data)), "k|", ms=12, mew=1.5,
+            label=r"$\mu x_i$")
+    ax.set_xlabel("$y$")
+    ax.set_ylabel("score")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_over_lrs(ax, lrs, values, *, label=None, color=None, points=True, logy=False,
+                  level=0.95, seed=0):
+    """Mean over seeds with a confidence interval, against the learning rate (log x axis).
+
+    values: (L, S). With ``points`` every seed is drawn as a faint dot (jittered sideways), so
+    that outliers (e.g. networks whose units all died) stay visible.
+    """
+    lrs = np.asarray(lrs, dtype=np.float64)
+    mean, lo, hi = mean_ci(values, axis=1, level=level)
+    line = ax.errorbar(lrs, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=4,
+                       label=label, color=color)
+    if points:
+        rng = np.random.default_rng(seed)
+        v = np.asarray(values, dtype=np.float64)
+        jitter = np.exp(rng.uniform(-0.08, 0.08, v.shape))
+        ax.scatter((lrs[:, None] * jitter).ravel(), v.ravel(), s=9, alpha=0.35,
+                   color=line[0].get_color())
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(r"learning rate $\eta$")
+    return ax
+
+
+def plot_samples_2d(ax, samples, data, *, title=None, lim=None, color="C0"):
+    """Scatter of 2-D samples (N, 2) with the training points (n, 2) as black crosses."""
+    s = np.asarray(samples)
+    ax.scatter(s[:, 0], s[:, 1], s=3, alpha=0.4, color=color)
+    x = np.asarray(data)
+    ax.scatter(x[:, 0], x[:, 1], marker="x", s=40, color="k", label="training points")
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("coordinate 1")
+    ax.set_ylabel("coordinate 2")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_over_dims(ax, dims, values, *, label=None, color=None, level=0.95):
+    """Mean and confidence interval over runs and sample sets against the dimension (log x).
+
+    values: (D, R, P) or (D, S); all axes after the first are pooled.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(len(dims), -1)
+    mean, lo, hi = mean_ci(v, axis=1, level=level)
+    ax.errorbar(dims, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=4, label=label,
+                color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("dimension $d$")
+    return ax

@@ -1,0 +1,469 @@
+r"""A time-conditioned two-layer ReLU network for the multi-time experiments (Fig. 3–4).
+
+The network predicts the noise from the pair ``u = (t, x) ∈ R^{d+1}``:
+
+    r_theta(t, x) = (1/m) W2 ReLU(W1 u + b),    W1: (m, d+1),  b: (m,),  W2: (d, m),
+
+with the paper's scaling and initialisation ``W1 ~ N(0, 1/(d+1))``, ``W2 ~ N(0, 1)``, ``b = 0``
+(Appendix D). Since ``x_t = mu(t) x_0 + sigma(t) z`` has score ``-(x_t - mu x_0) / sigma^2 =
+-z / sigma`` given ``x_0``, the score model is ``s_theta(x, t) = -r_theta(t, x) / sigma(t)``.
+
+Training (:func:`train_time_score_net`) runs SGD ``theta <- theta - m * lr * grad L_j`` on the
+mini-batch loss ``L_j = c sum_b |r_theta(t_b, x_b) - z_b|^2`` with fresh data indices, times and
+noise at every step, for ``K`` networks at once (leading ensemble axis, batched matrix products
+and hand-written gradients). See chapter 8, "Large learning rates memorize less", and chapter 9.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import _checks
+from .schedule import ou_mu, ou_sigma
+
+__all__ = ["TimeScoreNet", "train_time_score_net", "TimeTrainResult", "time_grid_weights"]
+
+_WEIGHTINGS = ("sigma", "inverse_sigma", "uniform")
+_REDUCTIONS = ("mean", "sum", "mean_all")
+
+
+def _generators(generator, ensemble):
+    """None, one torch.Generator, or a list of K (= ensemble) generators."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, (list, tuple)):
+        if ensemble is None:
+            raise ValueError("a list of generators needs an ensemble (one generator per member); "
+                             "pass a single torch.Generator for one network")
+        if len(generator) != ensemble:
+            raise ValueError(f"generator list has {len(generator)} entries but the ensemble has "
+                             f"{ensemble} members")
+        for g in generator:
+            _checks.generator_or_none(g, "generator[k]")
+            if g is None:
+                raise TypeError("generator list entries must be torch.Generator objects, got None")
+        return list(generator)
+    raise TypeError(f"generator must be None, a torch.Generator or a list of them, "
+                    f"got {type(generator).__name__}")
+
+
+def _init_weights(width, dim, members, dtype, device):
+    """(K, m, d+1) and (K, d, m) initial weights, member by member (W1 then W2 from each
+    generator), drawn in float64 on the generator's device, scaled, then cast and moved: a float32
+    and a float64 net built from the same seed agree to rounding, and member k of an ensemble
+    built with a list of generators equals a single net built with generator k."""
+    w1s, w2s = [], []
+    for g in members:
+        kw = dict(generator=g, dtype=torch.float64,
+                  device=torch.device("cpu") if g is None else g.device)
+        w1s.append(torch.randn(width, dim + 1, **kw) / math.sqrt(dim + 1))
+        w2s.append(torch.randn(dim, width, **kw))
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    return (torch.stack(w1s).to(dtype=dtype, device=dev),
+            torch.stack(w2s).to(dtype=dtype, device=dev))
+
+
+class TimeScoreNet(nn.Module):
+    r"""Time-conditioned two-layer ReLU noise predictor ``r_theta(t, x)``, optionally an ensemble.
+
+    ``r_theta(t, x) = (1/m) W2 ReLU(W1 [t, x] + b)`` (``[t, x]`` is the time followed by the
+    point: column 0 of ``W1`` multiplies ``t``);
+    score ``s_theta(x, t) = -r_theta(t, x) / sigma(t)``.
+
+    width: ``m >= 1``; dim: ``d >= 1``.
+    ensemble: ``None`` (one network) or ``K >= 1``: parameters get a leading axis ``K``.
+    generator: a ``torch.Generator`` (members drawn one after the other from it), or a list of
+        ``K`` generators (member ``k`` is then drawn from generator ``k`` exactly as a single
+        network built with that generator), or ``None`` (torch's default generator).
+    Init: ``W1 ~ N(0, 1/(d+1))`` then ``W2 ~ N(0, 1)`` per member (drawn in float64, then cast to
+    ``dtype``), ``b = 0``.
+
+    Parameters: ``W1`` ``(m, d+1)``, ``b`` ``(m,)``, ``W2`` ``(d, m)``; with an ensemble
+    ``(K, m, d+1)``, ``(K, m)``, ``(K, d, m)``.
+    """
+
+    def __init__(self, width: int, dim: int, *, ensemble: int | None = None, generator=None,
+                 dtype: torch.dtype | None = None, device=None):
+        super().__init__()
+        width = _checks.integer(width, "width", minimum=1)
+        dim = _checks.integer(dim, "dim", minimum=1)
+        if ensemble is not None:
+            ensemble = _checks.integer(ensemble, "ensemble", minimum=1)
+        gens = _generators(generator, ensemble)
+        if dtype is None:
+            dtype = torch.get_default_dtype()
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.width, self.dim, self.ensemble = width, dim, ensemble
+        members = gens if isinstance(gens, list) else [gens] * (ensemble or 1)
+        w1, w2 = _init_weights(width, dim, members, dtype, device)
+        if ensemble is None:
+            w1, w2 = w1[0], w2[0]
+        self.W1 = nn.Parameter(w1)
+        self.b = nn.Parameter(torch.zeros(w1.shape[:-1], dtype=dtype, device=w1.device))
+        self.W2 = nn.Parameter(w2)
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def _from_params(cls, W1, b, W2):
+        net = cls.__new__(cls)
+        nn.Module.__init__(net)
+        net.width, net.dim = W1.shape[-2], W1.shape[-1] - 1
+        net.ensemble = W1.shape[0] if W1.dim() == 3 else None
+        net.W1, net.b, net.W2 = (nn.Parameter(p.detach().clone()) for p in (W1, b, W2))
+        return net
+
+    def member(self, k: int) -> "TimeScoreNet":
+        """A single (non-ensemble) copy of member ``k``."""
+        if self.ensemble is None:
+            raise ValueError("member(k) needs an ensemble; this is a single network")
+        k = _checks.integer(k, "k")
+        if k >= self.ensemble:
+            raise ValueError(f"k must be < ensemble = {self.ensemble}, got {k}")
+        return TimeScoreNet._from_params(self.W1[k], self.b[k], self.W2[k])
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, dim={self.dim}, ensemble={self.ensemble}"
+
+    # ------------------------------------------------------------------ evaluation
+    def _points(self, x):
+        """x -> (X, out_shape): X (N, d) shared or (K, N, d) per member."""
+        x = _checks.as_tensor(x, "x", allow_empty=True)
+        d, K = self.dim, self.ensemble
+        if d == 1:
+            if x.dim() == 1 or (x.dim() == 2 and K is not None and x.shape[0] == K):
+                X = x[..., None]
+            else:
+                raise ValueError(f"x must have shape (N,) (or (K, N) = ({K}, N) per member of an "
+                                 f"ensemble) for dim = 1, got {tuple(x.shape)}")
+        else:
+            if (x.dim() == 2 and x.shape[1] == d) or \
+                    (x.dim() == 3 and K is not None and x.shape[0] == K and x.shape[2] == d):
+                X = x
+            else:
+                want = f"(N, {d})" + (f" or ({K}, N, {d})" if K is not None else "")
+                raise ValueError(f"x must have shape {want}, got {tuple(x.shape)}")
+        lead = (K,) if (K is not None) else ()
+        n = X.shape[-2]
+        out_shape = lead + ((n,) if d == 1 else (n, d))
+        return X.to(dtype=self.W1.dtype, device=self.W1.device), out_shape
+
+    def _inputs(self, t, x):
+        """(t, x) -> (u, tt, out_shape): u = [t, x] with t broadcast, (N, d+1) or (K, N, d+1)."""
+        X, out_shape = self._points(x)
+        if isinstance(t, torch.Tensor) and t.numel() != 1 or isinstance(t, (list, tuple)) \
+                or (hasattr(t, "ndim") and getattr(t, "ndim", 0) > 0):
+            tt = _checks.as_tensor(t, "t", dtype=X.dtype, device=X.device, allow_empty=True)
+            n, K = X.shape[-2], self.ensemble
+            allowed = [(n,)] + ([(K, n)] if K is not None else [])
+            if tuple(tt.shape) not in allowed:
+                shapes = " or ".join(map(str, allowed))
+                raise ValueError(f"t must be a number or have shape {shapes}, "
+                                 f"got {tuple(tt.shape)}")
+        else:
+            tt = torch.full((), _checks.scalar(t, "t"), dtype=X.dtype, device=X.device)
+        lead = torch.broadcast_shapes(X.shape[:-1], tt.shape)
+        tt = tt.expand(lead)
+        u = torch.cat([tt[..., None], X.expand(lead + X.shape[-1:])], dim=-1)
+        return u, tt, out_shape
+
+    def forward(self, t, x):
+        r"""Noise prediction ``r_theta(t, x) = (1/m) W2 ReLU(W1 [t, x] + b)``.
+
+        t: a number, ``(N,)`` (one time per point) or, for an ensemble, ``(K, N)``.
+        x: ``(N,)`` when ``dim == 1``, else ``(N, d)``; for an ensemble also ``(K, N)`` /
+        ``(K, N, d)`` (member ``k`` evaluated on ``x[k]``).
+        Returns ``(N,)`` / ``(N, d)``, with a leading ``K`` for an ensemble.
+        """
+        u, _, out_shape = self._inputs(t, x)
+        return _forward(self.W1, self.b, self.W2, u).reshape(out_shape)
+
+    def score(self, x, t):
+        r"""Score ``s_theta(x, t) = -r_theta(t, x) / sigma(t)``, ``sigma(t) = sqrt(1 - e^{-2t})``.
+
+        Signature ``(x, t)`` as expected by :func:`dsmlib.reverse_sde_sample`; ``t > 0``
+        (a number or a tensor of times as in :meth:`forward`). Shapes as in :meth:`forward`.
+        """
+        u, tt, out_shape = self._inputs(t, x)
+        if bool((tt <= 0).any()):
+            raise ValueError("t must be > 0 for the score (sigma(0) = 0)")
+        r = _forward(self.W1, self.b, self.W2, u)
+        sig = torch.sqrt(-torch.expm1(-2.0 * tt))
+        return (-r / sig[..., None]).reshape(out_shape)
+
+
+def _forward(W1, b, W2, u):
+    """(1/m) ReLU(u W1^T + b) W2^T with broadcasting over a leading ensemble axis.
+
+    Rows of ``u`` (axis -2) are processed in blocks so the hidden activations never exceed about
+    ``2^22`` entries (many sample points, wide nets, ensembles)."""
+    K = W1.shape[0] if W1.dim() == 3 else 1
+    rows = max(1, (1 << 22) // (K * W1.shape[-2]))
+    outs = []
+    for s in range(0, max(u.shape[-2], 1), rows):
+        h = torch.relu(u[..., s:s + rows, :] @ W1.transpose(-1, -2) + b.unsqueeze(-2))
+        outs.append(h @ W2.transpose(-1, -2))
+    return torch.cat(outs, dim=-2) / W1.shape[-2]
+
+
+# ---------------------------------------------------------------------- training
+
+def time_grid_weights(T: float = 1.0, delta: float = 0.01, num_times: int = 100,
+                      time_weighting: str = "sigma"):
+    r"""The training times and their sampling probabilities.
+
+    times: ``num_times`` equally spaced points of ``[delta, T]`` (float64);
+    probabilities ``∝ sigma(t)`` (``"sigma"``, the paper's text, Appendix D),
+    ``∝ 1 / sigma(t)`` (``"inverse_sigma"``, the authors' public code) or uniform (``"uniform"``).
+    Returns ``(times, probs)``, both ``(num_times,)`` float64.
+    """
+    T = _checks.positive(T, "T")
+    delta = _checks.positive(delta, "delta")
+    if not T > delta:
+        raise ValueError(f"T must be larger than delta, got T={T}, delta={delta}")
+    num_times = _checks.integer(num_times, "num_times", minimum=1)
+    if time_weighting not in _WEIGHTINGS:
+        raise ValueError(f"time_weighting must be one of {_WEIGHTINGS}, got {time_weighting!r}")
+    times = torch.linspace(delta, T, num_times, dtype=torch.float64)
+    sig = ou_sigma(times)
+    w = {"sigma": sig, "inverse_sigma": 1.0 / sig, "uniform": torch.ones_like(sig)}[time_weighting]
+    return times, w / w.sum()
+
+
+@dataclass(frozen=True)
+class TimeTrainResult:
+    """What :func:`train_time_score_net` returns (the network itself is trained in place).
+
+    Field names follow :class:`dsmlib.TrainResult` (the single-noise-level trainer).
+    loss_history: ``(num_logs,)`` or ``(num_logs, K)``: mean over each interval of ``log_every``
+        steps of the per-sample batch loss ``mean_b |r(t_b, x_b) - z_b|^2`` (whatever the
+        ``reduction``), evaluated before each update; NaN from the interval where a member
+        diverged onwards. log_steps: ``(num_logs,)`` number of completed steps at the end of
+        each interval. final_loss: the last entry of ``loss_history``.
+    diverged: bool, ``()`` or ``(K,)``; diverged_step: 0-based index of the step whose loss was
+        non-finite or above ``diverge_threshold``, ``-1`` if none. A diverged member is frozen at
+        its parameters before that step's update (finite, never NaN).
+    lr: as given (a float, or a ``(K,)`` tensor). seconds, steps_per_second: wall-clock training
+        time and speed of the loop.
+    """
+
+    net: TimeScoreNet
+    loss_history: torch.Tensor
+    log_steps: torch.Tensor
+    final_loss: torch.Tensor
+    diverged: torch.Tensor
+    diverged_step: torch.Tensor
+    lr: object
+    steps: int
+    batch_size: int
+    reduction: str
+    time_weighting: str
+    T: float
+    delta: float
+    num_times: int
+    seconds: float
+    steps_per_second: float
+
+
+def _learning_rates(lr, K, dtype, device):
+    """lr -> ((K,) tensor, value to report: a float, or the (K,) tensor)."""
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1 or isinstance(lr, (list, tuple)) \
+            or (hasattr(lr, "ndim") and getattr(lr, "ndim", 0) > 0):
+        t = _checks.as_tensor(lr, "lr", dtype=dtype, device=device).reshape(-1)
+        if t.shape[0] != K:
+            raise ValueError(f"lr must be a number or have one entry per ensemble member "
+                             f"({K}), got {t.shape[0]} entries")
+        if bool((t <= 0).any()):
+            raise ValueError("lr entries must be positive")
+        return t, t.clone()
+    v = _checks.positive(lr, "lr")
+    return torch.full((K,), v, dtype=dtype, device=device), v
+
+
+def _draw_batch(data, times, mu, sig, probs, K, B, gens, dtype, device):
+    """Fresh batch: u = [t, mu(t) x_I + sigma(t) z] (K, B, d+1) and target z (K, B, d).
+
+    Each member's draws, in order: data indices (B,), time indices (B,), noise (B, d). With a
+    list of generators member k uses generator k (so it matches a single-network run); with one
+    generator (or None) the K batches are drawn together.
+    """
+    n, d = data.shape
+
+    def draw(g, k):
+        idx = torch.randint(n, (k * B,), generator=g, device=device)
+        ti = torch.multinomial(probs, k * B, replacement=True, generator=g)
+        z = torch.randn(k * B, d, generator=g, dtype=dtype, device=device)
+        return idx, ti, z
+
+    if isinstance(gens, list):
+        parts = [draw(g, 1) for g in gens]
+        idx, ti, z = (torch.cat(p) for p in zip(*parts))
+    else:
+        idx, ti, z = draw(gens, K)
+    t = times[ti]
+    xt = mu[ti, None] * data[idx] + sig[ti, None] * z
+    u = torch.cat([t[:, None], xt], dim=1)
+    return u.reshape(K, B, d + 1), z.reshape(K, B, d)
+
+
+_CACHE_BYTES = 1 << 20  # (K, chunk, m) hidden activations kept per batch chunk: fits in L2
+
+
+def _batch_chunk(K: int, m: int, B: int, device, itemsize: int = 4) -> int:
+    """Batch rows per chunk: the whole batch on a GPU, cache-sized blocks on a CPU (measured on a
+    2-core machine: ~1 MiB of activations per chunk is 2-3x faster than the whole batch)."""
+    if torch.device(device).type != "cpu":
+        return B
+    return max(16, _CACHE_BYTES // (K * m * itemsize))
+
+
+def _loss_and_grads(W1, b, W2, u, z, reduction, chunk=None):
+    r"""Batch loss and hand-written gradients for K networks (all tensors with leading K).
+
+    W1 (K, m, d+1), b (K, m), W2 (K, d, m), u (K, B, d+1), z (K, B, d).
+    L = c sum_b |r(u_b) - z_b|^2 with c = 1/B ("mean"), 1 ("sum") or 1/(B d) ("mean_all"),
+    r = (1/m) ReLU(u W1^T + b) W2^T.
+    With g = dL/dr (B, d) and a = ReLU(h): dL/dW2 = g^T a / m, dL/dh = (g W2 / m) 1{h > 0},
+    dL/dW1 = (dL/dh)^T u, dL/db = sum_b dL/dh. The bias is handled as a weight on a constant
+    input 1 (so dL/db comes out of the same product as dL/dW1). Samples are independent, so the
+    batch is processed in chunks of ``chunk`` rows whose (K, chunk, m) activations stay in cache
+    (a several-fold speed-up on CPUs, where these products are memory bound); gradients are
+    accumulated over chunks. Returns (per-sample mean loss (K,), dL/dW1, dL/db, dL/dW2).
+    """
+    K, B = u.shape[0], u.shape[1]
+    m = W1.shape[1]
+    if chunk is None:
+        chunk = _batch_chunk(K, m, B, u.device, u.element_size())
+    c = {"mean": 1.0 / B, "sum": 1.0, "mean_all": 1.0 / (B * z.shape[-1])}[reduction]
+    wa_t = torch.cat([b.unsqueeze(-1), W1], dim=-1).transpose(1, 2).contiguous()  # (K, d+2, m)
+    ua = torch.cat([torch.ones_like(u[..., :1]), u], dim=-1)                        # (K, B, d+2)
+    w2_t = W2.transpose(1, 2)
+    g_wa = torch.zeros_like(wa_t)
+    gW2 = torch.zeros_like(W2)
+    loss = torch.zeros(K, dtype=u.dtype, device=u.device)
+    for s in range(0, B, chunk):
+        uc, zc = ua[:, s:s + chunk], z[:, s:s + chunk]
+        a = torch.bmm(uc, wa_t).clamp_min_(0.0)               # ReLU(h)      (K, c, m)
+        res = torch.bmm(a, w2_t).div_(m).sub_(zc)             # r - z        (K, c, d)
+        loss += res.square().sum(dim=(1, 2))
+        g = res.mul_(2.0 * c / m)                             # dL/dr with the 1/m of r folded in
+        gW2.baddbmm_(g.transpose(1, 2), a)                    # (K, d, m)
+        gh = torch.ops.aten.threshold_backward(torch.bmm(g, W2), a, 0.0)  # dL/dh = . * 1{a > 0}
+        g_wa.baddbmm_(uc.transpose(1, 2), gh)                 # [dL/db; dL/dW1^T]  (K, d+2, m)
+    gW1 = g_wa[:, 1:].transpose(1, 2).contiguous()
+    return loss / B, gW1, g_wa[:, 0].contiguous(), gW2
+
+
+def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size: int = 5000,
+                         T: float = 1.0, delta: float = 0.01, num_times: int = 100,
+                         time_weighting: str = "sigma", reduction: str = "mean", generator=None,
+                         log_every: int | None = None, diverge_threshold: float = 1e8,
+                         progress=None) -> TimeTrainResult:
+    r"""Train a :class:`TimeScoreNet` (or an ensemble) by SGD on the multi-time DSM loss.
+
+    Each step draws, for every member, ``batch_size`` triples with replacement: a training point
+    ``x_I`` (uniform), a time ``t`` among ``num_times`` equally spaced points of ``[delta, T]``
+    (probability ``∝ sigma(t)`` by default, see :func:`time_grid_weights`), and noise
+    ``z ~ N(0, I_d)``; then ``x_t = mu(t) x_I + sigma(t) z`` and
+
+        L = c sum_b |r_theta(t_b, x_t,b) - z_b|^2,   theta <- theta - m * lr * grad L,
+
+    with ``c = 1/B`` (``reduction="mean"``: batch mean of the squared norm, the default),
+    ``c = 1`` (``"sum"``: the paper's text; the step then grows with ``B``) or ``c = 1/(B d)``
+    (``"mean_all"``: mean over batch *and* coordinates, as ``torch.nn.MSELoss`` computes it).
+    The curvature of ``L`` grows like ``E|x_t|^2 ~ d`` for ``"mean"`` but not for ``"mean_all"``,
+    so the largest stable ``lr`` shrinks with ``d`` under ``"mean"`` (chapter 9 discusses this).
+
+    net: trained in place (its dtype and device are used). data: ``(n,)`` or ``(n, d)`` with
+    ``d = net.dim``. lr: ``> 0``, a number or one per member ``(K,)``. steps ``>= 1``.
+    generator: None, a ``torch.Generator``, or (ensemble) a list of ``K`` generators: member
+    ``k`` then sees exactly the batches a single network trained with generator ``k`` sees.
+    log_every: steps averaged per ``loss_history`` entry (default ``ceil(steps / 100)``).
+    diverge_threshold: a member whose per-sample batch loss is NaN/inf or exceeds it (the
+    initial loss is about ``d``) is flagged in ``result.diverged`` and frozen at its parameters
+    before the last update (checked every step); the others go on unaffected. The net never
+    holds NaN; the member's ``loss_history`` is NaN from then on.
+    progress: ``True``/``False``, or ``None`` for a tqdm bar only when ``steps >= 10000``.
+    Returns a :class:`TimeTrainResult` (``steps_per_second`` measures the run).
+    """
+    if not isinstance(net, TimeScoreNet):
+        raise TypeError(f"net must be a TimeScoreNet, got {type(net).__name__}")
+    dtype, device = net.W1.dtype, net.W1.device
+    x0, _ = _checks.data_2d(data, "data", dtype=dtype, device=device)
+    if x0.shape[1] != net.dim:
+        raise ValueError(f"data has dimension {x0.shape[1]} but the network has dim = {net.dim}")
+    steps = _checks.integer(steps, "steps", minimum=1)
+    batch_size = _checks.integer(batch_size, "batch_size", minimum=1)
+    if log_every is None:
+        log_every = max(1, math.ceil(steps / 100))
+    log_every = _checks.integer(log_every, "log_every", minimum=1)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    times64, probs64 = time_grid_weights(T, delta, num_times, time_weighting)
+    K = 1 if net.ensemble is None else net.ensemble
+    lrs, lr_out = _learning_rates(lr, K, dtype, device)
+    gens = _generators(generator, net.ensemble)
+    threshold = _checks.positive(diverge_threshold, "diverge_threshold")
+    if progress is None:
+        progress = steps >= 10_000
+
+    times = times64.to(dtype=dtype, device=device)
+    mu = ou_mu(times64).to(dtype=dtype, device=device)
+    sig = ou_sigma(times64).to(dtype=dtype, device=device)
+    probs = probs64.to(device=device)
+
+    single = net.ensemble is None
+    with torch.no_grad():
+        W1, b, W2 = (p.detach() for p in (net.W1, net.b, net.W2))
+        if single:
+            W1, b, W2 = W1.unsqueeze(0), b.unsqueeze(0), W2.unsqueeze(0)
+        good = [W1.clone(), b.clone(), W2.clone()]
+        step_size = (net.width * lrs)                         # (K,)
+        num_logs = -(-steps // log_every)
+        hist = torch.zeros(num_logs, K, dtype=torch.float64, device=device)
+        diverged = torch.zeros(K, dtype=torch.bool, device=device)
+        diverged_at = torch.full((K,), -1, dtype=torch.long, device=device)
+        nan = torch.full((K,), math.nan, dtype=dtype, device=device)
+
+        iterator = range(steps)
+        if progress:
+            from tqdm.auto import tqdm
+            iterator = tqdm(iterator, desc="train TimeScoreNet", leave=False)
+        start = time.perf_counter()
+        for j in iterator:
+            u, z = _draw_batch(x0, times, mu, sig, probs, K, batch_size, gens, dtype, device)
+            loss, gW1, gb, gW2 = _loss_and_grads(W1, b, W2, u, z, reduction)
+            ok = torch.isfinite(loss) & (loss <= threshold) & ~diverged
+            newly = ~ok & ~diverged
+            diverged_at = torch.where(newly, torch.full_like(diverged_at, j), diverged_at)
+            diverged |= ~ok
+            hist[j // log_every] += torch.where(diverged, nan, loss)
+            for p, gp, keep in zip((W1, b, W2), (gW1, gb, gW2), good):
+                shape = (K,) + (1,) * (p.dim() - 1)
+                okv = ok.reshape(shape)
+                # members in trouble go back to their last good parameters and stay there
+                p.copy_(torch.where(okv, p, keep))
+                keep.copy_(p)
+                p.sub_(torch.where(okv, gp * step_size.reshape(shape), torch.zeros_like(gp)))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+
+    counts = torch.full((num_logs,), float(log_every), dtype=torch.float64, device=device)
+    counts[-1] = steps - (num_logs - 1) * log_every
+    hist = (hist / counts[:, None]).to(dtype)
+    log_steps = torch.clamp(torch.arange(1, num_logs + 1, device=device) * log_every, max=steps)
+    final = hist[-1]
+    if single:
+        hist, final, diverged, diverged_at = hist[:, 0], final[0], diverged[0], diverged_at[0]
+    return TimeTrainResult(net=net, loss_history=hist, log_steps=log_steps, final_loss=final,
+                           diverged=diverged, diverged_step=diverged_at, steps=steps, lr=lr_out,
+                           batch_size=batch_size, reduction=reduction,
+                           time_weighting=time_weighting, T=float(T), delta=float(delta),
+                           num_times=int(num_times), seconds=seconds,
+                           steps_per_second=steps / max(seconds, 1e-12))

@@ -1,0 +1,369 @@
+import dataclasses
+import math
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from dsmlib import training
+from dsmlib.networks import TwoLayerScoreNet, make_generators
+from dsmlib.training import TrainResult, _sgd_step, _train, train_sgd
+
+F64 = torch.float64
+MU, SIGMA = 0.9, 0.4
+
+
+def _net(width=24, dim=1, ensemble=None, seed=0, fixed_inner=False, bound=None, dtype=F64,
+         random_bias=True):
+    g = torch.Generator().manual_seed(seed)
+    net = TwoLayerScoreNet(width, dim, ensemble=ensemble, fixed_inner=fixed_inner, bound=bound,
+                           generator=g, dtype=dtype)
+    if random_bias:
+        with torch.no_grad():
+            net.b.copy_(torch.randn(net.b.shape, generator=g, dtype=dtype))
+    return net
+
+
+def _reference_step(net, xb, zb, lr, reduction="mean"):
+    """Oracle: one SGD step by autograd of the dense mini-batch loss, float64.
+
+    xb, zb: (K, B, d). Returns the new (W1, b, W2), each (K, ...), and the losses (K,).
+    """
+    W1, b, W2 = (p.detach().clone().requires_grad_(True) for p in net._stacked())
+    m = W1.shape[1]
+    y = MU * xb + SIGMA * zb
+    h = torch.relu(torch.einsum("kbd,kmd->kbm", y, W1) + b[:, None, :])
+    s = torch.einsum("kbm,kdm->kbd", h, W2) / m
+    per_point = ((s + (y - MU * xb) / SIGMA ** 2) ** 2).sum(-1)
+    loss = per_point.mean(1) if reduction == "mean" else per_point.sum(1)
+    loss.sum().backward()
+    new = [p - m * lr * p.grad for p in (W1, b, W2)]
+    if net.fixed_inner:
+        new[0] = W1
+        new[2] = new[2].clamp(-net.bound, net.bound)
+    return [t.detach() for t in new], loss.detach()
+
+
+def _batch(K, B, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(K, B, d, generator=g, dtype=F64),
+            torch.randn(K, B, d, generator=g, dtype=F64))
+
+
+def _params(net):
+    return [t.detach().clone() for t in net._stacked()]
+
+
+@pytest.mark.parametrize("method, dim, fixed_inner, reduction", [
+    ("sorted", 1, False, "mean"), ("sorted", 1, True, "mean"), ("sorted", 1, False, "sum"),
+    ("dense", 1, False, "mean"), ("dense", 1, True, "mean"), ("dense", 3, False, "mean"),
+    ("dense", 3, False, "sum"),
+])
+def test_one_step_matches_autograd(method, dim, fixed_inner, reduction):
+    K, B = 3, 13
+    net = _net(37, dim, ensemble=K, seed=1, fixed_inner=fixed_inner,
+               bound=0.9 if fixed_inner else None)
+    xb, zb = _batch(K, B, dim, seed=2)
+    expect, loss_ref = _reference_step(net, xb, zb, 0.07, reduction)
+    loss = _sgd_step(net, xb, zb, MU, SIGMA, 0.07, reduction=reduction, method=method)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=1e-12)
+    for got, ref in zip(_params(net), expect):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_one_step_single_net_and_per_member_lr():
+    lrs = [0.01, 0.2]
+    net = _net(20, ensemble=2, seed=3)
+    xb, zb = _batch(2, 9, 1, seed=4)
+    singles = [net.member(k) for k in range(2)]
+    _sgd_step(net, xb, zb, MU, SIGMA, torch.tensor(lrs, dtype=F64))
+    for k, single in enumerate(singles):
+        _sgd_step(single, xb[k], zb[k], MU, SIGMA, lrs[k])
+        for got, ref in zip(_params(single), _params(net.member(k))):
+            torch.testing.assert_close(got, ref, rtol=0, atol=1e-15)
+
+
+def test_units_with_zero_inner_weight():
+    net = _net(8, ensemble=1, seed=5)
+    with torch.no_grad():
+        net.W1[0, :4, 0] = torch.tensor([0.0, 0.0, 0.0, -0.0], dtype=F64)
+        net.b[0, :4] = torch.tensor([1.5, -1.0, 0.0, 0.7], dtype=F64)
+    xb, zb = _batch(1, 10, 1, seed=6)
+    expect, _ = _reference_step(net, xb, zb, 0.1)
+    _sgd_step(net, xb, zb, MU, SIGMA, 0.1, method="sorted")
+    for got, ref in zip(_params(net), expect):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_sum_reduction_is_mean_with_lr_times_batch():
+    B = 11
+    xb, zb = _batch(2, B, 1, seed=7)
+    a, b = _net(16, ensemble=2, seed=8), _net(16, ensemble=2, seed=8)
+    _sgd_step(a, xb, zb, MU, SIGMA, 0.003, reduction="sum")
+    _sgd_step(b, xb, zb, MU, SIGMA, 0.003 * B, reduction="mean")
+    for p, q in zip(_params(a), _params(b)):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    data = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(0))
+    a, b = _net(16, seed=9), _net(16, seed=9)
+    train_sgd(a, data, MU, SIGMA, lr=0.001, steps=20, batch_size=B, reduction="sum",
+              generator=torch.Generator().manual_seed(1))
+    train_sgd(b, data, MU, SIGMA, lr=0.001 * B, steps=20, batch_size=B,
+              generator=torch.Generator().manual_seed(1))
+    for p, q in zip(_params(a), _params(b)):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_first_step_uses_the_documented_random_stream():
+    # member generator -> randint(n, (256, B)) then randn(256, B, d); step j uses row j
+    data = torch.randn(5, dtype=F64, generator=torch.Generator().manual_seed(10))
+    net, B = _net(12, seed=11), 7
+    g = torch.Generator().manual_seed(12)
+    idx = torch.randint(0, 5, (training._BLOCK, B), generator=g)
+    z = torch.randn(training._BLOCK, B, 1, generator=g, dtype=F64)
+    _, loss_ref = _reference_step(net, data[idx[0]].reshape(1, B, 1), z[0].unsqueeze(0), 0.05)
+    res = train_sgd(net, data, MU, SIGMA, lr=0.05, steps=1, batch_size=B, log_every=1,
+                    generator=torch.Generator().manual_seed(12))
+    torch.testing.assert_close(res.loss_history, loss_ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dim, fixed_inner", [(1, False), (1, True), (3, False)])
+def test_ensemble_equals_members_trained_one_by_one(dim, fixed_inner):
+    seeds, lrs, steps = [21, 22, 23], [0.02, 0.05, 0.1], 300     # crosses a block boundary
+    g = torch.Generator().manual_seed(30)
+    data = torch.randn(7, dim, dtype=F64, generator=g)
+    data = data[:, 0] if dim == 1 else data
+    kw = dict(fixed_inner=fixed_inner, bound=1.5 if fixed_inner else None, dtype=F64)
+    ens = TwoLayerScoreNet(20, dim, ensemble=3, generator=make_generators(seeds), **kw)
+    res = train_sgd(ens, data, MU, SIGMA, lr=lrs, steps=steps, batch_size=9,
+                    generator=make_generators([s + 100 for s in seeds]), log_every=100)
+    assert res.loss_history.shape == (3, 3)
+    for k, seed in enumerate(seeds):
+        one = TwoLayerScoreNet(20, dim, generator=make_generators([seed])[0], **kw)
+        r1 = train_sgd(one, data, MU, SIGMA, lr=lrs[k], steps=steps, batch_size=9,
+                       generator=make_generators([seed + 100])[0], log_every=100)
+        for p, q in zip(_params(one), _params(ens.member(k))):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+        torch.testing.assert_close(r1.loss_history, res.loss_history[:, k], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_per_member_data_and_noise_levels(dim):
+    seeds, steps, K = [31, 32, 33], 270, 3
+    g = torch.Generator().manual_seed(34)
+    data = torch.randn(K, 6, dim, dtype=F64, generator=g)
+    data = data[..., 0] if dim == 1 else data
+    mus, sigmas = [0.95, 0.8, 0.6], [0.31, 0.6, 0.8]
+    ens = TwoLayerScoreNet(16, dim, ensemble=K, generator=make_generators(seeds), dtype=F64)
+    res = train_sgd(ens, data, mus, sigmas, lr=0.05, steps=steps, batch_size=8,
+                    generator=make_generators(seeds))
+    for k in range(K):
+        one = TwoLayerScoreNet(16, dim, generator=make_generators([seeds[k]])[0], dtype=F64)
+        r1 = train_sgd(one, data[k], mus[k], sigmas[k], lr=0.05, steps=steps, batch_size=8,
+                       generator=make_generators([seeds[k]])[0])
+        for p, q in zip(_params(one), _params(ens.member(k))):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+        torch.testing.assert_close(r1.loss_history, res.loss_history[:, k], rtol=1e-12, atol=0)
+
+
+def test_sorted_and_dense_paths_agree_over_training():
+    data = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(40))
+    a, b = _net(30, ensemble=2, seed=41), _net(30, ensemble=2, seed=41)
+    for net, method in ((a, "sorted"), (b, "dense")):
+        _train(net, data, MU, SIGMA, lr=0.05, steps=300, batch_size=10,
+               generator=make_generators([1, 2]), method=method)
+    for p, q in zip(_params(a), _params(b)):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["sorted", "dense"])
+def test_theory_model_projection_and_frozen_inner_weights(method):
+    A = 0.4
+    net = _net(40, ensemble=2, seed=50, fixed_inner=True, bound=A)
+    W1 = net.W1.clone()
+    data = torch.linspace(-2, 2, 5, dtype=F64)
+    _train(net, data, MU, SIGMA, lr=0.2, steps=200, batch_size=8,
+           generator=make_generators([1, 2]), method=method)
+    assert torch.equal(net.W1, W1)
+    assert bool((net.W2.abs() <= A).all())
+    assert bool((net.W2.abs() == A).any())          # the projection was active
+
+
+def test_diverging_member_is_frozen_and_others_unaffected():
+    data = torch.randn(8, dtype=F64, generator=torch.Generator().manual_seed(60))
+    gens = lambda: make_generators([1, 2, 3])           # noqa: E731
+    net = TwoLayerScoreNet(32, ensemble=3, generator=make_generators([7, 8, 9]), dtype=F64)
+    init = _params(net)
+    res = train_sgd(net, data, MU, SIGMA, lr=[0.05, 1e4, 0.05], steps=400, batch_size=10,
+                    generator=gens(), log_every=50)
+    assert res.diverged.tolist() == [False, True, False]
+    assert res.diverged_step[0] == -1 and res.diverged_step[2] == -1
+    assert 0 <= res.diverged_step[1] < training._BLOCK
+    for p, p0 in zip(_params(net), init):
+        assert bool(torch.isfinite(p).all())
+        assert torch.equal(p[1], p0[1])                 # frozen at its last checked parameters
+    assert bool(torch.isnan(res.loss_history[:, 1]).all())
+    assert bool(torch.isfinite(res.loss_history[:, [0, 2]]).all())
+    # the healthy members equal a run without the diverging one
+    pair = TwoLayerScoreNet(32, ensemble=2, generator=make_generators([7, 9]), dtype=F64)
+    g = gens()
+    train_sgd(pair, data, MU, SIGMA, lr=[0.05, 0.05], steps=400, batch_size=10,
+              generator=[g[0], g[2]])
+    for p, q in zip(_params(pair), _params(net)):
+        torch.testing.assert_close(p, q[[0, 2]], rtol=0, atol=0)
+
+
+def test_parameter_threshold_freezes_single_net():
+    data = torch.randn(8, dtype=F64, generator=torch.Generator().manual_seed(61))
+    net = _net(16, seed=62, random_bias=False)
+    res = train_sgd(net, data, MU, SIGMA, lr=0.05, steps=300, batch_size=10,
+                    diverge_threshold=1e-3, generator=torch.Generator().manual_seed(0))
+    assert bool(res.diverged) and int(res.diverged_step) == training._BLOCK - 1
+    assert res.diverged.shape == () and res.loss_history.dim() == 1
+
+
+def _risk_1d(score, data, nodes=80):
+    """Oracle: R_n(s) by Gauss-Hermite quadrature over z ~ N(0, 1) (float64, NumPy nodes)."""
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)
+    z, w = torch.tensor(z), torch.tensor(w / w.sum())
+    y = (MU * data[:, None] + SIGMA * z[None, :]).reshape(-1)
+    with torch.no_grad():
+        s = score(y)
+    s = s.reshape(*s.shape[:-1], len(data), nodes)
+    return ((s + z / SIGMA) ** 2 * w).sum(-1).mean(-1)
+
+
+def _optimal_score(data):
+    """Oracle s*(y) = sum_i softmax_i(-(y - mu x_i)^2 / 2 sigma^2) (mu x_i - y) / sigma^2."""
+    def s(y):
+        diff = MU * data[None, :] - y[:, None]
+        return (torch.softmax(-diff ** 2 / (2 * SIGMA ** 2), 1) * diff).sum(1) / SIGMA ** 2
+    return s
+
+
+def test_training_reduces_the_dsm_risk_1d():
+    data = torch.tensor([-1.5, -0.2, 0.4, 1.3], dtype=F64)
+    net = _net(64, ensemble=2, seed=70, random_bias=False)
+    best = _risk_1d(_optimal_score(data), data)
+    before = _risk_1d(net, data)
+    res = train_sgd(net, data, MU, SIGMA, lr=0.1, steps=1500, batch_size=20,
+                    generator=make_generators([1, 2]))
+    after = _risk_1d(net, data)
+    assert bool((after >= best - 1e-9).all())            # s* minimises R_n
+    assert bool((after - best < 0.25 * (before - best)).all()), (best, before, after)
+    assert not bool(res.diverged.any())
+    assert bool((res.loss_history[-1] < res.loss_history[0]).all())
+
+
+def test_training_reduces_the_dsm_risk_3d():
+    g = torch.Generator().manual_seed(80)
+    data = torch.randn(5, 3, dtype=F64, generator=g)
+    z = torch.randn(5, 400, 3, dtype=F64, generator=g)
+
+    def risk(net):
+        y = (MU * data[:, None, :] + SIGMA * z).reshape(-1, 3)
+        with torch.no_grad():
+            s = net(y).reshape(5, 400, 3)
+        return ((s + z / SIGMA) ** 2).sum(-1).mean().item()
+
+    net = _net(64, 3, seed=81, random_bias=False)
+    before = risk(net)
+    train_sgd(net, data, MU, SIGMA, lr=0.02, steps=800, batch_size=20,
+              generator=torch.Generator().manual_seed(1))
+    assert risk(net) < 0.7 * before
+
+
+def test_same_seed_bit_identical_and_single_generator_for_ensemble():
+    data = torch.randn(6, generator=torch.Generator().manual_seed(90))
+    runs = []
+    for _ in range(2):
+        net = TwoLayerScoreNet(40, ensemble=3, generator=torch.Generator().manual_seed(1))
+        res = train_sgd(net, data, MU, SIGMA, lr=0.1, steps=260, batch_size=10,
+                        generator=torch.Generator().manual_seed(2))
+        runs.append((_params(net), res.loss_history))
+    for p, q in zip(runs[0][0], runs[1][0]):
+        assert torch.equal(p, q)
+    assert torch.equal(runs[0][1], runs[1][1])
+    W2 = runs[0][0][2]
+    assert not torch.equal(W2[0], W2[1])
+
+
+def test_result_fields_and_logging():
+    data = torch.randn(6, generator=torch.Generator().manual_seed(91))
+    net = TwoLayerScoreNet(10, ensemble=2)
+    res = train_sgd(net, data, MU, SIGMA, lr=0.05, steps=250, log_every=100,
+                    generator=make_generators([1, 2]))
+    assert isinstance(res, TrainResult) and res.net is net
+    assert res.log_steps.tolist() == [100, 200, 250]
+    assert res.loss_history.shape == (3, 2) and res.loss_history.dtype == torch.float32
+    assert res.diverged.shape == (2,) and res.diverged_step.tolist() == [-1, -1]
+    assert res.steps == 250 and res.reduction == "mean" and res.lr == 0.05 and res.seconds > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.steps = 3
+    res0 = train_sgd(net, data, MU, SIGMA, lr=0.05, steps=0)
+    assert res0.loss_history.shape == (0, 2) and res0.log_steps.numel() == 0
+    res1 = train_sgd(TwoLayerScoreNet(10), data, MU, SIGMA, lr=0.05, steps=30, progress=True,
+                     device="cpu")
+    assert res1.loss_history.shape == (30,)               # default: ceil(steps / 100) per log
+
+
+def test_keyboard_interrupt_leaves_the_last_completed_step(monkeypatch):
+    data = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(92))
+    original = training._Sorted1D.step
+    calls = {"n": 0}
+
+    def step(self, i, loss_out):
+        original(self, i, loss_out)
+        calls["n"] += 1
+        if calls["n"] == 10:
+            signal.raise_signal(signal.SIGINT)        # arrives mid-run, handled at the boundary
+
+    monkeypatch.setattr(training._Sorted1D, "step", step)
+    handler = signal.getsignal(signal.SIGINT)
+    net = _net(16, ensemble=2, seed=93)
+    with pytest.raises(KeyboardInterrupt):
+        train_sgd(net, data, MU, SIGMA, lr=0.05, steps=100, generator=make_generators([1, 2]))
+    monkeypatch.setattr(training._Sorted1D, "step", original)
+    ref = _net(16, ensemble=2, seed=93)
+    train_sgd(ref, data, MU, SIGMA, lr=0.05, steps=10, generator=make_generators([1, 2]))
+    for p, q in zip(_params(net), _params(ref)):
+        assert torch.equal(p, q)
+    assert signal.getsignal(signal.SIGINT) is handler            # handler restored
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(lr=-0.1), ValueError, "lr"),
+    (dict(lr=[0.1, 0.2]), ValueError, "lr"),
+    (dict(lr=[0.1, 0.2, -1.0]), ValueError, "lr"),
+    (dict(steps=-1), ValueError, "steps"),
+    (dict(steps=1.5), TypeError, "steps"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+    (dict(reduction="avg"), ValueError, "reduction"),
+    (dict(log_every=0), ValueError, "log_every"),
+    (dict(diverge_threshold=0.0), ValueError, "diverge_threshold"),
+    (dict(generator=make_generators([1, 2])), ValueError, "generator"),
+    (dict(generator="seed"), TypeError, "generator"),
+    (dict(sigma=0.0), ValueError, "sigma"),
+    (dict(data=torch.zeros(5, 2)), ValueError, "per-member data"),
+    (dict(data=torch.zeros(3, 5, 2)), ValueError, "dim=1"),
+    (dict(mu=[0.9, 0.8]), ValueError, "mu"),
+    (dict(sigma=[0.3, 0.3, -0.3]), ValueError, "sigma"),
+    (dict(data=torch.tensor([0.0, math.nan])), ValueError, "data"),
+    (dict(net="net"), TypeError, "net"),
+])
+def test_validation(kwargs, exc, match):
+    args = dict(net=TwoLayerScoreNet(4, ensemble=3), data=torch.zeros(5), mu=MU, sigma=SIGMA,
+                lr=0.1, steps=2)
+    args.update(kwargs)
+    net, data, mu, sigma = (args.pop(k) for k in ("net", "data", "mu", "sigma"))
+    with pytest.raises(exc, match=match):
+        train_sgd(net, data, mu, sigma, **args)
+
+
+def test_single_net_needs_scalars_and_shared_data():
+    with pytest.raises(ValueError, match="lr"):
+        train_sgd(TwoLayerScoreNet(4), torch.zeros(3), MU, SIGMA, lr=[0.1], steps=1)
+    with pytest.raises(ValueError, match="sigma"):
+        train_sgd(TwoLayerScoreNet(4), torch.zeros(3), MU, [SIGMA], lr=0.1, steps=1)
+    with pytest.raises(ValueError, match="per-member"):
+        train_sgd(TwoLayerScoreNet(4, 2), torch.zeros(1, 3, 2), MU, SIGMA, lr=0.1, steps=1)
