@@ -44,6 +44,12 @@ def _json_default(obj):
     return str(obj)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _checksum(arrays: dict) -> str:
     h = hashlib.sha256()
     for key in sorted(arrays):
@@ -94,6 +100,7 @@ def save_results(path, arrays: dict, config, *, extra: dict | None = None, overw
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())       # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             np.savez_compressed(fh, **np_arrays, **{_META_KEY: np.array(meta_json)})
             fh.flush()

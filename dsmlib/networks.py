@@ -9,8 +9,9 @@ Two variants, both from the paper:
 * **experiment model** (Appendix D, the default): all of ``W1, b, W2`` are trained; initialisation
   ``W1 ~ N(0, 1/d)``, ``W2 ~ N(0, 1)``, ``b = 0``.
 * **theory model** (Section 4, ``fixed_inner=True, bound=A``, 1-D only): ``w_l`` are random signs
-  ``±1``, frozen; ``a_l`` is kept in ``[-A, A]`` (initialised ``N(0, 1)`` clipped, and projected after
-  every SGD step by :func:`dsmlib.train_sgd`); the trained parameters are ``theta = (a, b)``.
+  ``±1``, frozen; ``a_l`` is kept in ``[-A, A]`` (initialised ``N(0, 1)`` clipped, and projected
+  after every SGD step by :func:`dsmlib.train_sgd`); the trained parameters are
+  ``theta = (a, b)``.
 
 An ensemble of ``K`` independent networks carries a leading axis ``K`` on every parameter:
 ``W1: (K, m, d)``, ``b: (K, m)``, ``W2: (K, d, m)``, and the outputs gain a leading ``K`` axis.
@@ -103,7 +104,8 @@ class TwoLayerScoreNet(nn.Module):
     generator: ``None``, one ``torch.Generator`` or a list of K generators; member k of an
     ensemble built from a list is exactly the single net built from generator k (see
     :func:`make_generators`). Draws are made in float64 on the generator's device, then cast.
-    dtype: floating dtype (default ``torch.get_default_dtype()``). device: where the parameters live.
+    dtype: floating dtype (default ``torch.get_default_dtype()``).
+    device: where the parameters live.
 
     Calling the net on ``y`` of shape (N,) [d = 1] or (N, d) returns a tensor shaped like ``y``,
     with a leading K axis for an ensemble. See chapter 4, "The model and SGD".
@@ -128,7 +130,8 @@ class TwoLayerScoreNet(nn.Module):
             raise ValueError("bound is only used by the theory model: pass fixed_inner=True too")
         dtype = _float_dtype(dtype)
         if isinstance(generator, (list, tuple)) and ensemble is None:
-            raise ValueError("generator is a list, which needs ensemble=K (one generator per member)")
+            raise ValueError("generator is a list, which needs ensemble=K "
+                             "(one generator per member)")
         count = 1 if ensemble is None else ensemble
         gens = _member_generators(generator, count)
 
@@ -173,7 +176,8 @@ class TwoLayerScoreNet(nn.Module):
         if tuple(b.shape) != (*lead, m):
             raise ValueError(f"b must have shape {(*lead, m)} to match W1, got {tuple(b.shape)}")
         if tuple(W2.shape) != (*lead, d, m):
-            raise ValueError(f"W2 must have shape {(*lead, d, m)} to match W1, got {tuple(W2.shape)}")
+            raise ValueError(f"W2 must have shape {(*lead, d, m)} to match W1, "
+                             f"got {tuple(W2.shape)}")
         if not isinstance(fixed_inner, bool):
             raise TypeError(f"fixed_inner must be True or False, got {type(fixed_inner).__name__}")
         if fixed_inner:
@@ -201,7 +205,8 @@ class TwoLayerScoreNet(nn.Module):
         return self.W1, self.b, self.W2
 
     def forward(self, y):
-        """Score at ``y``: (N,) [d = 1] or (N, d) -> shaped like ``y``; (K, *y.shape) for an ensemble.
+        """Score at ``y``: (N,) [d = 1] or (N, d) -> shaped like ``y``; (K, *y.shape) for an
+        ensemble.
 
         ``s(y) = (1/m) W2 ReLU(W1 y + b)``. ``y`` is cast to the parameters' dtype and device
         (differentiably, so ``torch.autograd`` through ``y`` works).

@@ -169,18 +169,19 @@ class _Sorted1D(_Packed):
         self.PS0, self.PS1 = self.PS[:, 0], self.PS[:, 1]
 
     def load_block(self, xI, z, mu, sigma):
-        """xI, z: (K, S, B, 1) chosen data points and noise for S steps; mu, sigma: (K, 1, 1, 1)."""
+        """NumPy arrays xI, z: (K, S, B, 1) chosen data points and noise for S steps;
+        mu, sigma: (K, 1, 1, 1)."""
         xI, z, mu, sigma = xI[..., 0], z[..., 0], mu[..., 0], sigma[..., 0]
         u = -(mu * xI + sigma * z)                            # u = -y, sorted ascending
-        perm = _argsort_rows(u)
-        u = torch.gather(u, 2, perm)
-        tz = torch.gather(z, 2, perm).div_(sigma)           # r = s(y) + z / sigma
+        perm = np.argsort(u, axis=2)
+        u = np.take_along_axis(u, perm, 2)
+        tz = np.take_along_axis(z, perm, 2) / sigma          # r = s(y) + z / sigma
         K, S, B = u.shape
-        us = torch.full((S, K, 2, self.L), math.inf, dtype=u.dtype, device=u.device)
-        us[..., :B] = u.transpose(0, 1).unsqueeze(2)
-        self.us = us.view(S, K, 2 * self.L)
-        self.ys = u.transpose(0, 1).contiguous().neg_()
-        self.tz = tz.transpose(0, 1).contiguous()
+        us = np.full((S, K, 2, self.L), np.inf, dtype=u.dtype)
+        us[..., :B] = u.transpose(1, 0, 2)[:, :, None, :]
+        self.us = _tensor(us.reshape(S, K, 2 * self.L), self.P)
+        self.ys = _tensor(-np.ascontiguousarray(u.transpose(1, 0, 2)), self.P)
+        self.tz = _tensor(np.ascontiguousarray(tz.transpose(1, 0, 2)), self.P)
 
     def step(self, i, loss_out):
         """One SGD step with the block's batch i; writes |r|_2 per member into loss_out (K,)."""
@@ -234,11 +235,9 @@ class _Sorted1D(_Packed):
             a.clamp_(-self.bound, self.bound)
 
 
-def _argsort_rows(x):
-    """Permutation sorting the last axis (NumPy's sort is ~7x faster than torch's on CPU)."""
-    if x.device.type == "cpu":
-        return torch.from_numpy(np.argsort(x.numpy(), axis=-1))
-    return torch.argsort(x, dim=-1)
+def _tensor(a, like):
+    """A NumPy block as a tensor on ``like``'s device (zero-copy on the CPU)."""
+    return torch.from_numpy(a).to(like.device)
 
 
 def _halvings(st):
@@ -270,13 +269,14 @@ class _Dense(_Packed):
             self.outT.transpose(1, 2)
 
     def load_block(self, xI, z, mu, sigma):
-        """xI, z: (K, S, B, d) chosen data points and noise for S steps; mu, sigma: (K, 1, 1, 1)."""
+        """NumPy arrays xI, z: (K, S, B, d) chosen data points and noise for S steps;
+        mu, sigma: (K, 1, 1, 1)."""
         K, S, B, d = z.shape
-        Y = torch.ones(S, K, B, d + 1, dtype=z.dtype, device=z.device)
-        Y[..., :d] = (mu * xI + sigma * z).transpose(0, 1)
-        self.Y = Y
-        self.YT = Y.transpose(2, 3)
-        self.tz = (z / sigma).transpose(0, 1).contiguous()
+        Y = np.ones((S, K, B, d + 1), dtype=z.dtype)
+        Y[..., :d] = (mu * xI + sigma * z).transpose(1, 0, 2, 3)
+        self.Y = _tensor(Y, self.P)
+        self.YT = self.Y.transpose(2, 3)
+        self.tz = _tensor(np.ascontiguousarray((z / sigma).transpose(1, 0, 2, 3)), self.P)
 
     def step(self, i, loss_out):
         H, R, W2 = self.H, self.R, self.W2
@@ -366,14 +366,15 @@ def _training_generators(generator, K, single):
     return make_generators(seeds, device=None if g is None else g.device)
 
 
-def _draw_block(gens, n, B, d, dtype, device):
-    """Batch indices (K, _BLOCK, B) and noise (K, _BLOCK, B, d), member k from generator k."""
+def _draw_block(gens, n, B, d, dtype):
+    """Batch indices (K, _BLOCK, B) and noise (K, _BLOCK, B, d) as NumPy arrays; member k draws
+    ``randint(0, n, (_BLOCK, B))`` then ``randn(_BLOCK, B, d)`` from generator k."""
     idx, noise = [], []
     for g in gens:
-        gd = g.device
-        idx.append(torch.randint(0, n, (_BLOCK, B), generator=g, device=gd).to(device))
-        noise.append(torch.randn(_BLOCK, B, d, generator=g, dtype=dtype, device=gd).to(device))
-    return torch.stack(idx), torch.stack(noise)
+        idx.append(torch.randint(0, n, (_BLOCK, B), generator=g, device=g.device).cpu().numpy())
+        noise.append(torch.randn(_BLOCK, B, d, generator=g, dtype=dtype, device=g.device)
+                     .cpu().numpy())
+    return np.stack(idx), np.stack(noise)
 
 
 def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean",
@@ -439,6 +440,8 @@ def _validate(net, data, mu, sigma, lr, steps, batch_size, reduction, log_every,
         log_every = max(1, math.ceil(steps / 100))
     log_every = _checks.integer(log_every, "log_every", 1)
     diverge_threshold = _checks.positive(diverge_threshold, "diverge_threshold")
+    if net.W2.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"train_sgd trains float32 or float64 nets, got {net.W2.dtype}")
     single = net.ensemble is None
     K = 1 if single else net.ensemble
     mu = _per_member_positive(mu, "mu", K, single)
@@ -507,9 +510,11 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
     c = 1.0 / B if reduction == "mean" else 1.0
     trainer = _make_trainer(net, 2.0 * c * lr_vec, B, method)
     n, d = x.shape[-2:]
-    mu, sigma = (v.to(dtype=dtype, device=dev).view(K, 1, 1, 1) for v in (mu, sigma))
-    member = torch.arange(K, device=dev).view(K, 1, 1)
-    pick = (lambda I: x[I]) if x.dim() == 2 else (lambda I: x[member, I])   # (K, S, B, d)
+    # the random block is prepared in NumPy (single-threaded, see _Sorted1D) and then moved
+    x_np = x.cpu().numpy()
+    mu, sigma = (v.to(dtype).view(K, 1, 1, 1).numpy() for v in (mu, sigma))
+    member = np.arange(K).reshape(K, 1, 1)
+    pick = (lambda I: x_np[I]) if x.dim() == 2 else (lambda I: x_np[member, I])  # (K, S, B, d)
 
     diverged = torch.zeros(K, dtype=torch.bool)
     div_step = torch.full((K,), -1, dtype=torch.long)
@@ -528,7 +533,7 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
         with torch.no_grad(), _HoldInterrupts() as hold:
             while done < steps:
                 S = min(_BLOCK, steps - done)
-                I, Z = _draw_block(gens, n, B, d, dtype, dev)
+                I, Z = _draw_block(gens, n, B, d, dtype)
                 trainer.load_block(pick(I[:, :S]), Z[:, :S], mu, sigma)
                 for i in range(S):
                     trainer.step(i, loss_blk[i])
@@ -583,20 +588,21 @@ class _HoldInterrupts:
     """
 
     def __enter__(self):
-        self.pending, self._old = False, None
+        self.pending, self._installed, self._old = False, False, None
         if threading.current_thread() is threading.main_thread():
             try:
                 self._old = signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
             except ValueError:          # e.g. an embedded interpreter without signals
-                self._old = None
+                pass
         return self
 
     def _handler(self, signum, frame):
         self.pending = True
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        if self._installed:             # None: a handler not set from Python -> default
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._old is None else self._old)
         return False
 
 
@@ -645,8 +651,8 @@ def _sgd_step(net, x_batch, noise, mu, sigma, lr, *, reduction="mean", method="a
     """
     single = net.ensemble is None
     K = 1 if single else net.ensemble
-    xb = torch.as_tensor(x_batch, dtype=net.W2.dtype, device=net.W2.device)
-    zb = torch.as_tensor(noise, dtype=net.W2.dtype, device=net.W2.device)
+    xb = torch.as_tensor(x_batch, dtype=net.W2.dtype, device=net.W2.device).detach()
+    zb = torch.as_tensor(noise, dtype=net.W2.dtype, device=net.W2.device).detach()
     if single:
         xb, zb = xb.unsqueeze(0), zb.unsqueeze(0)
     B = xb.shape[1]
@@ -655,10 +661,11 @@ def _sgd_step(net, x_batch, noise, mu, sigma, lr, *, reduction="mean", method="a
     method = _choose_method(method, net.dim, net.W2.device)
     trainer = _make_trainer(net, 2.0 * c * lr_vec, B, method)
     loss = torch.empty(K, dtype=net.W2.dtype, device=net.W2.device)
-    mu, sigma = (_per_member_positive(v, n, K, single).to(xb).view(K, 1, 1, 1)
+    mu, sigma = (_per_member_positive(v, n, K, single).to(xb.dtype).view(K, 1, 1, 1).numpy()
                  for v, n in ((mu, "mu"), (sigma, "sigma")))
     with torch.no_grad():
-        trainer.load_block(xb.unsqueeze(1), zb.unsqueeze(1), mu, sigma)
+        trainer.load_block(xb.unsqueeze(1).cpu().numpy(), zb.unsqueeze(1).cpu().numpy(), mu,
+                           sigma)
         trainer.step(0, loss)
         trainer.finish()
         _write_back(net, trainer)

@@ -90,3 +90,10 @@ def test_bad_arguments(tmp_path):
         save_results(tmp_path / "x.npz", {}, Cfg())
     with pytest.raises(TypeError, match="config"):
         save_results(tmp_path / "x.npz", {"a": np.ones(1)}, "lr=0.1")
+
+
+def test_saved_file_has_default_permissions(tmp_path):
+    p = save_results(tmp_path / "r.npz", {"a": np.ones(1)}, Cfg())
+    mask = os.umask(0)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask
