@@ -54,7 +54,7 @@ def as_tensor(x, name: str, *, dtype: torch.dtype | None = None, device=None,
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name} must be a number, a list of numbers, an array or a tensor; "
                             f"got {type(x).__name__}") from exc
-        t = torch.as_tensor(arr, dtype=torch.get_default_dtype())
+        t = torch.as_tensor(arr, dtype=dtype or torch.get_default_dtype())
     else:
         raise TypeError(f"{name} must be a number, array or torch tensor, got {type(x).__name__}")
     if t.is_complex() or t.dtype == torch.bool:

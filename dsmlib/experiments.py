@@ -53,7 +53,8 @@ from .timenet import TimeScoreNet, train_time_score_net
 from .training import train_sgd
 
 __all__ = ["Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "fig1", "fig2", "fig3",
-           "fig4", "reduction_check", "jitter_calibration", "make_config", "deviations", "result_path", "run", "load", "FIGURES", "main"]
+           "fig4", "reduction_check", "jitter_calibration", "make_config", "deviations",
+           "result_path", "run", "load", "FIGURES", "main"]
 
 SCALES = ("book", "paper", "custom")
 # purposes of the random streams derived from a seed
@@ -80,6 +81,11 @@ def _check_common(cfg):
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds!r}")
     torch.device(cfg.device)  # raises on a malformed device string
+
+
+def _check_reduction(reduction, allowed):
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
 
 
 def _check_lrs(lrs, steps):
@@ -122,6 +128,7 @@ class Fig1Config:
     def __post_init__(self):
         _check_common(self)
         _check_lrs(self.lrs, self.steps)
+        _check_reduction(self.reduction, ("mean", "sum"))
 
     @classmethod
     def preset(cls, scale: str) -> "Fig1Config":
@@ -129,7 +136,7 @@ class Fig1Config:
         if scale == "paper":
             return cls()
         if scale == "book":
-            return cls(scale="book", steps=(2_000, 5_000, 10_000))
+            return cls(scale="book")   # cheap enough: the book runs the paper's settings
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
 
 
@@ -143,6 +150,10 @@ class Fig2Config:
     (``quadrature_nodes`` per point, more accurate than the paper's 5000 draws); for d > 1 Monte
     Carlo with ``noise_draws`` draws per training point, as in the paper. In 1-D also the sharpness
     at the end of training (``sharpness_iters`` Lanczos steps on the exact Hessian).
+    reduction: ``"mean_all"`` (default) averages the squared error over the batch *and* the d
+    coordinates (as ``torch.nn.MSELoss``); it is ``"mean"`` (batch mean of the squared norm) at
+    learning rate ``lr / d``, and the same as ``"mean"`` in 1-D. With ``"mean"`` the curvature grows
+    with d and eta = 0.5 diverges in d = 10 (chapter 8 shows it).
     """
 
     scale: str = "paper"
@@ -153,7 +164,7 @@ class Fig2Config:
     steps: tuple = (5_000, 25_000, 50_000, 200_000)
     batch_size: int = 50
     width: int = 1000
-    reduction: str = "mean"
+    reduction: str = "mean_all"
     seeds: tuple = tuple(range(30))
     noise_draws: int = 5000
     quadrature_nodes: int = 1201
@@ -163,6 +174,7 @@ class Fig2Config:
     def __post_init__(self):
         _check_common(self)
         _check_lrs(self.lrs, self.steps)
+        _check_reduction(self.reduction, ("mean", "sum", "mean_all"))
         if int(self.dim) != self.dim or self.dim < 1:
             raise ValueError(f"dim must be a positive integer, got {self.dim!r}")
 
@@ -172,11 +184,11 @@ class Fig2Config:
         if scale == "paper":
             return cls(dim=dim)
         if scale == "book":
-            if dim == 1:
-                return cls(scale="book", dim=1, steps=(2_000, 5_000, 10_000, 20_000),
-                           seeds=tuple(range(8)), sharpness_iters=40)
-            return cls(scale="book", dim=dim, steps=(500, 1_000, 2_000, 4_000),
-                       seeds=tuple(range(4)), noise_draws=200)
+            if dim == 1:   # a quarter of the steps (eta x steps stays constant), 10 data sets
+                return cls(scale="book", dim=1, steps=(1_250, 6_250, 12_500, 50_000),
+                           seeds=tuple(range(10)))
+            return cls(scale="book", dim=dim, steps=(500, 2_500, 5_000, 20_000),
+                       seeds=tuple(range(4)), noise_draws=500)
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
 
 
@@ -190,6 +202,10 @@ class Fig3Config:
     Sampling: backward OU SDE from T to delta (``sampler_steps`` steps), ``num_samples`` points per
     network, compared by MMD (Gaussian kernel, ``bandwidth``) to samples of the SDE driven by
     ``s*`` and to samples of the Gaussian fitted to the data.
+    reduction: ``"mean_all"`` averages the squared error over the batch and the d coordinates
+    (``torch.nn.MSELoss``); with the batch mean of the squared norm (``"mean"``, i.e. lr x d)
+    eta = 2 diverges within a few steps. seeds: the paper shows one run; eta = 2 sits at the
+    edge of stability and diverges for some initialisations, so we train three.
     """
 
     scale: str = "paper"
@@ -215,6 +231,7 @@ class Fig3Config:
     def __post_init__(self):
         _check_common(self)
         _check_lrs(self.lrs, self.steps)
+        _check_reduction(self.reduction, ("mean", "sum", "mean_all"))
 
     @classmethod
     def preset(cls, scale: str) -> "Fig3Config":
@@ -235,7 +252,9 @@ class Fig4Config:
     generated points, ``s*`` samples and fitted-Gaussian samples. The ratio is
     ``MMD^2(generated, s*-samples) / MMD^2(s*-samples, fitted Gaussian)``: about 0 when the network
     reproduces the memorizing ``s*`` sampler, about 1 or more when it is as far from it as a plain
-    Gaussian fit is. (Our reading of Appendix D; chapter 9 discusses it.)
+    Gaussian fit is. (Our reading of Appendix D; chapter 9 discusses it.) The training points of
+    each run are n draws from N(0, data_std^2 I_d) (Appendix D does not say). reduction as in
+    :class:`Fig3Config`: with ``"mean"`` eta = 0.5 diverges for d >= 10.
     """
 
     scale: str = "paper"
@@ -261,6 +280,7 @@ class Fig4Config:
     def __post_init__(self):
         _check_common(self)
         _check_lrs((self.lr,), (self.steps,))
+        _check_reduction(self.reduction, ("mean", "sum", "mean_all"))
         if not self.dims or any(int(d) != d or d < 1 for d in self.dims):
             raise ValueError(f"dims must be positive integers, got {self.dims!r}")
 
@@ -283,6 +303,11 @@ def _schedule(times):
     mus = np.array([ou_mu(float(t)) for t in times])
     sigmas = np.array([ou_sigma(float(t)) for t in times])
     return mus, sigmas
+
+
+def _effective_lr(cfg, lr, dim):
+    """The lr of train_sgd's batch-mean loss that gives cfg's step: ``lr / d`` for "mean_all"."""
+    return float(lr) / dim if cfg.reduction == "mean_all" else float(lr)
 
 
 def _train_sweep(cfg, data_sets, progress):
@@ -309,8 +334,9 @@ def _train_sweep(cfg, data_sets, progress):
                                device=cfg.device)
         gens = [_generator(cfg.seeds[s], _TRAIN, t) for t, s in zip(t_idx, s_idx)]
         t0 = time.perf_counter()
-        res = train_sgd(net, member_data, mu_k, sigma_k, lr=float(lr), steps=int(steps),
-                        batch_size=cfg.batch_size, reduction=cfg.reduction, generator=gens,
+        res = train_sgd(net, member_data, mu_k, sigma_k, lr=_effective_lr(cfg, lr, dim),
+                        steps=int(steps), batch_size=cfg.batch_size,
+                        reduction="sum" if cfg.reduction == "sum" else "mean", generator=gens,
                         device=cfg.device, progress=progress)
         seconds.append(time.perf_counter() - t0)
         with torch.no_grad():
@@ -395,7 +421,9 @@ def _sweep_arrays(cfg, data_sets, progress, grid=None):
         "times": np.array(cfg.times, dtype=np.float64),
         "mu": mus, "sigma": sigmas,
         "seeds": np.array(cfg.seeds, dtype=np.int64),
-        "stability_threshold": np.array([stability_threshold(cfg.width, lr) for lr in cfg.lrs]),
+        "effective_lrs": np.array([_effective_lr(cfg, lr, data_sets.shape[-1]) for lr in cfg.lrs]),
+        "stability_threshold": np.array([stability_threshold(cfg.width, _effective_lr(
+            cfg, lr, data_sets.shape[-1])) for lr in cfg.lrs]),
         "diverged": params["diverged"], "final_loss": params["final_loss"],
         "train_seconds": params["train_seconds"],
         **ev,
@@ -415,8 +443,9 @@ def fig1(config: Fig1Config | None = None, *, progress: bool = False) -> dict:
     - ``score`` (L, T, S, G): learned scores on the grid; ``optimal`` (T, G): ``s*``;
     - ``excess_risk``, ``sharpness``, ``active_fraction``, ``all_inactive``, ``diverged``,
       ``final_loss`` (L, T, S); ``zero_excess_risk`` (T, S): excess risk of the score ``s = 0``;
-    - ``lrs``, ``steps``, ``stability_threshold`` (L,), ``times``, ``mu``, ``sigma`` (T,),
-      ``seeds`` (S,), ``train_seconds`` (L,).
+    - ``lrs``, ``steps``, ``effective_lrs``, ``stability_threshold`` (L,) ``= 2 / (m eta)``,
+      ``times``, ``mu``, ``sigma`` (T,), ``seeds`` (S,), ``train_seconds`` (L,);
+      ``sharpness_converged`` (T, S): Lanczos met its tolerance for the L nets of (t, s).
     """
     cfg = Fig1Config() if config is None else config
     x = torch.randn(cfg.n, 1, generator=_generator(cfg.data_seed, _DATA), dtype=torch.float64)
@@ -440,7 +469,8 @@ def fig2(config: Fig2Config | None = None, *, progress: bool = False) -> dict:
 
     - ``excess_risk`` (L, T, S): ``R_n(s_theta) - R_n(s*)`` at the end of training;
     - ``sharpness`` (L, T, S): top Hessian eigenvalue of the exact risk (1-D; NaN for d > 1),
-      to compare with ``stability_threshold`` (L,) ``= 2 / (m eta)``;
+      to compare with ``stability_threshold`` (L,) ``= 2 / (m eta)``; ``sharpness_converged``
+      (T, S); ``effective_lrs`` (L,): the lr of the batch-mean loss (``lr / d`` for "mean_all");
     - ``active_fraction`` (L, T, S): fraction of hidden units active somewhere on the convex hull
       of the ``mu x_i`` (in 1-D the data range); ``all_inactive``: no unit is (the score is 0
       there: the trivially smooth, trivially non-memorizing network);

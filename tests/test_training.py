@@ -14,6 +14,17 @@ F64 = torch.float64
 MU, SIGMA = 0.9, 0.4
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run each test single-threaded (restored afterwards). These tests check correctness; on a
+    busy shared CPU, the OpenMP regions torch.bmm opens even for tiny batches can stall for
+    milliseconds each and make the dense-path tests minutes long. The 1-D path opens none."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _net(width=24, dim=1, ensemble=None, seed=0, fixed_inner=False, bound=None, dtype=F64,
          random_bias=True):
     g = torch.Generator().manual_seed(seed)
