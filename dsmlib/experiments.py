@@ -43,7 +43,7 @@ import torch
 
 from .io import ResultsError, config_to_dict, load_results, save_results
 from .metrics import fitted_gaussian, memorization_fraction, mmd
-from .networks import TwoLayerScoreNet, make_generators
+from .networks import TwoLayerScoreNet
 from .optimal import optimal_score
 from .risk import excess_risk
 from .sampling import optimal_score_fn, reverse_sde_sample
@@ -90,9 +90,11 @@ def _check_reduction(reduction, allowed):
 
 def _check_lrs(lrs, steps):
     if len(lrs) == 0 or len(lrs) != len(steps):
-        raise ValueError(f"lrs and steps must be non-empty and of equal length, got {lrs!r}, {steps!r}")
+        raise ValueError(f"lrs and steps must be non-empty and of equal length, "
+                         f"got {lrs!r}, {steps!r}")
     if any(lr <= 0 for lr in lrs) or any(int(s) != s or s < 1 for s in steps):
-        raise ValueError(f"lrs must be positive and steps positive integers, got {lrs!r}, {steps!r}")
+        raise ValueError(f"lrs must be positive and steps positive integers, "
+                         f"got {lrs!r}, {steps!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,7 +207,8 @@ class Fig3Config:
     reduction: ``"mean_all"`` averages the squared error over the batch and the d coordinates
     (``torch.nn.MSELoss``); with the batch mean of the squared norm (``"mean"``, i.e. lr x d)
     eta = 2 diverges within a few steps. seeds: the paper shows one run; eta = 2 sits at the
-    edge of stability and diverges for some initialisations, so we train three.
+    edge of stability and about half of the initialisations diverge in the first steps, so we
+    train six. batch_size: one number, or one per learning rate.
     """
 
     scale: str = "paper"
@@ -221,7 +224,7 @@ class Fig3Config:
     delta: float = 0.01
     time_weighting: str = "sigma"
     reduction: str = "mean_all"
-    seeds: tuple = (0, 1, 2)
+    seeds: tuple = tuple(range(6))
     data_seed: int = 0
     num_samples: int = 2000
     sampler_steps: int = 1000
@@ -232,14 +235,23 @@ class Fig3Config:
         _check_common(self)
         _check_lrs(self.lrs, self.steps)
         _check_reduction(self.reduction, ("mean", "sum", "mean_all"))
+        sizes = self.batch_size if isinstance(self.batch_size, tuple) else (self.batch_size,)
+        if any(isinstance(b, bool) or int(b) != b or b < 1 for b in sizes) or (
+                isinstance(self.batch_size, tuple) and len(sizes) != len(self.lrs)):
+            raise ValueError(f"batch_size must be a positive integer or one per learning rate, "
+                             f"got {self.batch_size!r}")
+
+    def batch_for(self, i: int) -> int:
+        """Batch size of learning rate ``lrs[i]``."""
+        return int(self.batch_size[i] if isinstance(self.batch_size, tuple) else self.batch_size)
 
     @classmethod
     def preset(cls, scale: str) -> "Fig3Config":
         if scale == "paper":
             return cls()
-        if scale == "book":
-            return cls(scale="book", width=250, steps=(4_000, 40_000), batch_size=500,
-                       num_samples=1000, sampler_steps=200)
+        if scale == "book":   # the large lr keeps the paper's batch: with 500, SGD noise makes
+            return cls(scale="book", width=250, steps=(2_000, 40_000), batch_size=(5000, 500),
+                       num_samples=1000, sampler_steps=200)   # most eta = 2 runs diverge
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
 
 
@@ -353,7 +365,8 @@ def _train_sweep(cfg, data_sets, progress):
 
 def _group_net(params, t, s):
     """The L nets (all learning rates) of noise level t and seed s, as one float64 ensemble."""
-    W1, b, W2 = (torch.as_tensor(params[k][:, t, s], dtype=torch.float64) for k in ("W1", "b", "W2"))
+    W1, b, W2 = (torch.as_tensor(params[k][:, t, s], dtype=torch.float64)
+                 for k in ("W1", "b", "W2"))
     return TwoLayerScoreNet.from_parameters(W1, b, W2)
 
 
@@ -364,7 +377,7 @@ def _active_fraction(net, data, mu):
     points: unit l is active on the hull iff ``max_i (w_l . mu x_i + b_l) > 0``. In 1-D the hull is
     the data range ``[mu min x, mu max x]``. net: ensemble of L; data: (n, d). Returns (L,).
     """
-    W1, b, _ = net._stacked()
+    W1, b = net.W1.detach(), net.b.detach()                                    # (L, m, d), (L, m)
     pre = torch.einsum("lmd,nd->lnm", W1, mu * data) + b[:, None, :]          # (L, n, m)
     return (pre.amax(1) > 0).to(torch.float64).mean(1)
 
@@ -490,7 +503,7 @@ def fig2(config: Fig2Config | None = None, *, progress: bool = False) -> dict:
 # Fig. 3-4: time-conditioned nets and sampling
 # ------------------------------------------------------------------------------------------------
 
-def _train_time_nets(cfg, data, lr, steps, seeds, dim, progress):
+def _train_time_nets(cfg, data, lr, steps, seeds, dim, progress, batch_size=None):
     """One TimeScoreNet ensemble over ``seeds`` trained on ``data``; returns (net, result)."""
     dev = torch.device(cfg.device)
     init = [_generator(s, _INIT, dim, device=dev) for s in seeds]
@@ -498,7 +511,8 @@ def _train_time_nets(cfg, data, lr, steps, seeds, dim, progress):
     gens = [_generator(s, _TRAIN, dim, device=dev) for s in seeds]
     log_every = max(1, steps // 100)
     res = train_time_score_net(net, data.to(dev, torch.float32), lr=float(lr), steps=int(steps),
-                               batch_size=cfg.batch_size, T=cfg.T, delta=cfg.delta,
+                               batch_size=batch_size or cfg.batch_size, T=cfg.T,
+                               delta=cfg.delta,
                                num_times=cfg.num_times, time_weighting=cfg.time_weighting,
                                reduction=cfg.reduction, generator=gens, log_every=log_every,
                                progress=progress)
@@ -509,6 +523,29 @@ def _sample(score_fn, num, dim, cfg, gen, ensemble=None):
     return reverse_sde_sample(score_fn, num, dim, T=cfg.T, delta=cfg.delta,
                               steps=cfg.sampler_steps, ensemble=ensemble, generator=gen,
                               device=cfg.device)
+
+
+def _sample_members(net, diverged, num, dim, cfg, *keys):
+    """Samples of every member of a TimeScoreNet ensemble: (K, num, dim), NaN where unusable.
+
+    A diverged member (frozen by the trainer) is not sampled; a member whose score turns NaN or
+    infinite along the way (the sampler raises FloatingPointError) gets NaN samples too. Member k
+    uses the generator of ``(*keys, k)``. Returns the samples and a (K,) bool "failed" flag.
+    """
+    dev = torch.device(cfg.device)
+    K = net.ensemble
+    out = torch.full((K, num, dim), math.nan, device=dev)
+    failed = np.zeros(K, dtype=bool)
+    for k in range(K):
+        if bool(diverged.reshape(-1)[k]):
+            failed[k] = True
+            continue
+        try:
+            out[k] = _sample(net.member(k).score, num, dim, cfg,
+                             _generator(*keys, k, device=dev)).reshape(num, dim)
+        except FloatingPointError:
+            failed[k] = True
+    return out, failed
 
 
 def _references(data, cfg, num, *keys, second=True):
@@ -535,7 +572,8 @@ def fig3(config: Fig3Config | None = None, *, progress: bool = False) -> dict:
       independent ``s*`` sample sets: the noise floor), shape ();
     - ``memorization`` (L, S), ``memorization_star``, ``memorization_gauss`` (): fraction of
       samples much closer to one training point than to any other (Gu et al. 2023, ratio 1/3);
-    - ``diverged`` (L, S) bool, ``final_loss`` (L, S), ``loss_history`` is not kept;
+    - ``diverged`` (L, S) bool, ``final_loss`` (L, S); ``sampling_failed`` (L, S): no samples
+      (diverged, or the score blew up while sampling): samples and metrics are NaN;
       ``lrs``, ``steps``, ``seeds``, ``train_seconds`` (L,).
     """
     cfg = Fig3Config() if config is None else config
@@ -545,19 +583,25 @@ def fig3(config: Fig3Config | None = None, *, progress: bool = False) -> dict:
     xf = x.to(dev, torch.float32)
     star, star2, gauss = _references(x, cfg, cfg.num_samples, cfg.data_seed, _SAMPLE)
     out = {k: [] for k in ("samples", "mmd_star", "mmd_gauss", "memorization", "diverged",
-                           "final_loss")}
+                           "sampling_failed", "final_loss")}
     seconds = []
     for li, (lr, steps) in enumerate(_progress(list(zip(cfg.lrs, cfg.steps)), progress,
                                                "learning rates")):
         t0 = time.perf_counter()
-        net, res = _train_time_nets(cfg, x, lr, steps, cfg.seeds, cfg.dim, progress)
+        net, res = _train_time_nets(cfg, x, lr, steps, cfg.seeds, cfg.dim, progress,
+                                    batch_size=cfg.batch_for(li))
         seconds.append(time.perf_counter() - t0)
-        gen = _generator(cfg.data_seed, _SAMPLE, 10 + li, device=dev)
-        smp = _sample(net.score, cfg.num_samples, cfg.dim, cfg, gen, ensemble=len(cfg.seeds))
+        smp, failed = _sample_members(net, res.diverged, cfg.num_samples, cfg.dim, cfg,
+                                      cfg.data_seed, _SAMPLE, 10 + li)
         out["samples"].append(smp.cpu().numpy())
-        out["mmd_star"].append([float(mmd(s, star, cfg.bandwidth)) for s in smp])
-        out["mmd_gauss"].append([float(mmd(s, gauss, cfg.bandwidth)) for s in smp])
-        out["memorization"].append([memorization_fraction(s, xf) for s in smp])
+        nan = math.nan
+        out["mmd_star"].append([nan if f else float(mmd(s, star, cfg.bandwidth))
+                                for s, f in zip(smp, failed)])
+        out["mmd_gauss"].append([nan if f else float(mmd(s, gauss, cfg.bandwidth))
+                                 for s, f in zip(smp, failed)])
+        out["memorization"].append([nan if f else memorization_fraction(s, xf)
+                                    for s, f in zip(smp, failed)])
+        out["sampling_failed"].append(failed)
         out["diverged"].append(res.diverged.cpu().numpy())
         out["final_loss"].append(res.final_loss.cpu().numpy().astype(np.float64))
     arrays = {k: np.asarray(v) for k, v in out.items()}
@@ -627,8 +671,8 @@ def fig4(config: Fig4Config | None = None, *, progress: bool = False) -> dict:
                                            dtype=torch.float64)
             xf = x.to(dev, torch.float32)
             net, res = _train_time_nets(cfg, x, cfg.lr, cfg.steps, (s,), d, progress)
-            gen = _sample(net.score, P * N, d, cfg, _generator(s, _SAMPLE, d, 10, device=dev),
-                          ensemble=1)[0].reshape(P, N, d)
+            gen, _ = _sample_members(net, res.diverged, P * N, d, cfg, s, _SAMPLE, d, 10)
+            gen = gen[0].reshape(P, N, d)
             star, _, gauss = _references(x, cfg, P * N, s, _SAMPLE, d, second=False)
             star, gauss = star.reshape(P, N, d), gauss.reshape(P, N, d)
             for k, v in _set_metrics(gen, star, gauss, xf, cfg.bandwidth).items():
@@ -840,8 +884,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--out", default="results", help="output folder (default: results)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing file even if it holds another configuration")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+                        help="recompute and replace an existing file (by default a file with "
+                             "the same configuration is kept, and one with another configuration "
+                             "is an error)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the kernels are small and extra "
+                             "threads mostly add synchronisation; 2 helps a little for fig2 "
+                             "with --dim 10)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     overrides = {"device": args.device}
@@ -855,8 +904,9 @@ def main(argv=None) -> int:
             parser.error("--seeds must be >= 1")
         overrides["seeds"] = tuple(range(args.seeds))
         tag = f"s{args.seeds}"
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
     try:
         t0 = time.perf_counter()
         arrays, meta, path = run(args.figure, args.scale, args.out, tag=tag,

@@ -6,6 +6,8 @@ Inputs are NumPy arrays as returned by :mod:`dsmlib.experiments` (or loaded from
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["mean_ci", "plot_scores", "plot_over_lrs", "plot_samples_2d", "plot_over_dims"]
@@ -16,14 +18,16 @@ def mean_ci(values, axis=-1, level=0.95):
 
     ``mean ± t_{(1+level)/2, S-1} sd / sqrt(S)`` with ``S`` the number of finite values (NaNs are
     ignored). Returns ``(mean, lo, hi)``, each with ``axis`` removed; with one value the interval
-    is that value.
+    is that value; with none, NaN.
     """
     from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
     count = np.sum(np.isfinite(v), axis=axis)
-    mean = np.nanmean(v, axis=axis)
-    sd = np.nanstd(v, axis=axis, ddof=1) if v.shape[axis] > 1 else np.zeros_like(mean)
+    with warnings.catch_warnings():   # all-NaN slices give NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(v, axis=axis)
+        sd = np.nanstd(v, axis=axis, ddof=1) if v.shape[axis] > 1 else np.zeros_like(mean)
     sd = np.where(count > 1, sd, 0.0)
     q = stats.t.ppf(0.5 + level / 2, np.maximum(count - 1, 1))
     half = q * sd / np.sqrt(np.maximum(count, 1))

@@ -38,7 +38,7 @@ def test_toc_chapter_order():
     numbered = [n for n in names if re.match(r"\d\d_", n)]
     assert numbered == sorted(numbered)
     assert [int(n[:2]) for n in numbered] == list(range(1, 11))
-    assert names[0] == "intro" and names[-3:] == ["conclusion", "notation", "references"]
+    assert names[0] == "intro" and names[-4:] == ["conclusion", "notation", "validation", "references"]
 
 
 @pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: p.name)

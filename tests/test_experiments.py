@@ -18,7 +18,7 @@ from dsmlib.networks import TwoLayerScoreNet
 
 TINY1 = dict(steps=(30, 30, 30), width=24, grid_points=11, sharpness_iters=5)
 TINY2 = dict(steps=(30, 30, 30, 30), width=24, seeds=(0, 1), sharpness_iters=5)
-TINY3 = dict(steps=(10, 10), width=16, batch_size=16, num_samples=40, sampler_steps=5,
+TINY3 = dict(steps=(10, 10), width=16, batch_size=(16, 8), num_samples=40, sampler_steps=5,
              seeds=(0, 1))
 TINY4 = dict(dims=(2, 3), steps=10, width=16, batch_size=16, num_samples=30, sampler_steps=5,
              seeds=(0,), sample_sets=2)
@@ -179,3 +179,15 @@ def test_committed_results_load():
         if tag:
             overrides["seeds"] = tuple(range(int(tag[1:])))
         ex.load(name, scale, folder, tag=tag, **overrides)
+
+
+def test_deviations_and_helpers():
+    assert ex.deviations("fig1", "book") == []           # the book runs Fig. 1 at paper settings
+    fields = [f for f, _, _ in ex.deviations("fig3", "book")]
+    assert "width" in fields and "steps" in fields and "scale" not in fields
+    with pytest.raises(ValueError, match="batch_size"):
+        ex.Fig3Config(batch_size=(10, 10, 10))
+    rc = ex.reduction_check(dims=(2,), lrs=(0.1, 0.2), steps=5, width=8, batch_size=8)
+    assert rc["diverged"].shape == (2, 1, 2) and rc["diverged_step"].dtype == np.int64
+    cal = ex.jitter_calibration(dims=(2, 3), jitters=(0.1,), num_samples=20, sampler_steps=5)
+    assert cal["ratio"].shape == (2, 1) and cal["memorization_star"].shape == (2,)
