@@ -76,3 +76,14 @@ def test_build_has_no_warnings(book_build):
 def test_every_toc_page_is_built(book_html):
     for docname in toc_docnames():
         assert (book_html / f"{docname}.html").exists(), f"{docname}.html was not built"
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: p.name)
+def test_first_code_cell_installs_dsmlib_only_on_colab(path):
+    """Colab has only the notebook: its first code cell installs dsmlib there, is hidden in the
+    rendered book (tag remove-cell) and prints nothing locally."""
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert '"google.colab" in sys.modules' in first.source
+    assert "remove-cell" in first.metadata.get("tags", [])
+    assert first.outputs == []

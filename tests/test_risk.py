@@ -109,3 +109,26 @@ def test_bad_inputs():
         dsm.dsm_risk(lambda y: y * float("nan"), DATA, 0.9, 0.3)
     with pytest.raises(TypeError, match="generator"):
         dsm.dsm_risk("optimal", torch.zeros(3, 2), 0.9, 0.3, generator=1)
+
+
+@pytest.mark.parametrize("sigma", [1e-4, 1e-2, 10.0])
+def test_risks_finite_and_accurate_at_extreme_noise(sigma):
+    # float64 oracle: for the score -y/sigma^2 + c the risk is closed form, at any sigma
+    c = 0.7
+    f = lambda y: -y / sigma ** 2 + c
+    exact = ((-0.95 * DATA / sigma ** 2 + c) ** 2).mean()       # (a sigma + 1/sigma)^2 = 0 here
+    r = dsm.dsm_risk(f, DATA, 0.95, sigma)
+    assert r.item() == pytest.approx(exact.item(), rel=1e-9)
+    ex = dsm.excess_risk(f, DATA, 0.95, sigma)
+    r_opt = dsm.dsm_risk("optimal", DATA, 0.95, sigma)
+    assert torch.isfinite(ex) and torch.isfinite(r_opt)
+    assert (r - r_opt).item() == pytest.approx(ex.item(), rel=1e-6)
+
+
+def test_excess_risk_in_high_dimension():
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(10, 1000, generator=g, dtype=F64)
+    ex = dsm.excess_risk(lambda y: torch.zeros_like(y), data, 0.9, 0.5, num_samples=50,
+                         generator=torch.Generator().manual_seed(4))
+    # the zero score's excess risk is E|s*|^2 <= E|(mu E[W] - Y)/sigma^2|^2, finite and positive
+    assert torch.isfinite(ex) and ex.item() > 0
