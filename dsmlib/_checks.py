@@ -24,6 +24,7 @@ __all__ = [
     "nonnegative",
     "integer",
     "data_2d",
+    "data_1d",
     "points_like",
     "generator_or_none",
     "probability",
@@ -141,6 +142,15 @@ def data_2d(data, name: str = "data", *, min_points: int = 1, dtype=None, device
     if x2.shape[1] < 1:
         raise ValueError(f"{name} has zero dimensions: shape {tuple(x.shape)}")
     return x2, was_1d
+
+
+def data_1d(data, name: str = "data", *, min_points: int = 1, dtype=None, device=None):
+    """One-dimensional training points as an ``(n,)`` tensor; ``(n,)`` and ``(n, 1)`` are accepted."""
+    x, _ = data_2d(data, name, min_points=min_points, dtype=dtype, device=device)
+    if x.shape[1] != 1:
+        raise ValueError(f"{name} must be one-dimensional, shape (n,), for this result; "
+                         f"got dimension {x.shape[1]}")
+    return x[:, 0]
 
 
 def points_like(y, dim: int, name: str = "y", *, dtype=None, device=None):

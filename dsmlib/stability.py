@@ -77,14 +77,6 @@ def _layout(params, name="net_or_params"):
     return ensemble, m, d
 
 
-def _data_1d(data, dtype, device):
-    x, _ = _checks.data_2d(data, "data", dtype=dtype, device=device)
-    if x.shape[1] != 1:
-        raise ValueError("the closed-form risk is one-dimensional: data must have shape (n,) or (n, 1), "
-                         f"got dimension {x.shape[1]}")
-    return x[:, 0]
-
-
 # ----------------------------------------------------------------------------------------------
 # the exact risk
 # ----------------------------------------------------------------------------------------------
@@ -181,7 +173,7 @@ def relu_net_risk(net_or_params, data, mu, sigma):
     if ensemble is None:
         W1, b, W2 = W1[None], b[None], W2[None]
     dtype = torch.promote_types(torch.promote_types(W1.dtype, b.dtype), W2.dtype)
-    x = _data_1d(data, dtype, W1.device)                                    # (n,)
+    x = _checks.data_1d(data, dtype=dtype, device=W1.device)                                    # (n,)
     w, a, b = W1[..., 0].to(dtype), W2[..., 0, :].to(dtype), b.to(dtype)    # (K, m)
     center = mu * x                                                         # (n,)
     # kinks beyond 41 sigma of every mu x_i contribute exactly 0 (see _T_CLIP)

@@ -55,11 +55,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def _data_1d(data, min_points=2):
     """Sorted 1-D training points as an (n,) tensor; (n,) and (n, 1) are accepted."""
-    x, _ = _checks.data_2d(data, "data", min_points=min_points)
-    if x.shape[1] != 1:
-        raise ValueError(f"data must be one-dimensional, shape (n,), for this result; got dimension "
-                         f"{x.shape[1]}")
-    return torch.sort(x[:, 0]).values
+    return torch.sort(_checks.data_1d(data, min_points=min_points)).values
 
 
 def _noise(mu, sigma):
