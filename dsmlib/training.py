@@ -333,23 +333,10 @@ def _write_back(net, trainer):
 
 def _lr_vector(lr, K, single):
     """(lr as reported, per-member float64 tensor (K,))."""
+    t = _per_member_positive(lr, "lr", K, single)
     if isinstance(lr, torch.Tensor) and lr.dim() == 0 or isinstance(lr, (numbers.Real, np.generic)):
-        v = _checks.positive(lr, "lr")
-        return v, torch.full((K,), v, dtype=torch.float64)
-    if single:
-        raise ValueError("lr must be a single number for a single (non-ensemble) net")
-    if isinstance(lr, (list, tuple)):   # keep Python floats exact (not via float32)
-        try:
-            lr = np.asarray(lr, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError("lr must be a number or a sequence of numbers") from exc
-    t = _checks.as_tensor(lr, "lr", dtype=torch.float64)
-    if t.dim() != 1 or t.shape[0] != K:
-        raise ValueError(f"lr must be a number or a 1-D sequence of {K} learning rates "
-                         f"(one per member), got shape {tuple(t.shape)}")
-    if bool((t <= 0).any()):
-        raise ValueError("lr must be positive")
-    return t.detach().clone(), t.detach().to(device="cpu", dtype=torch.float64)
+        return float(t[0]), t
+    return t.clone(), t
 
 
 def _training_generators(generator, K, single):
@@ -480,12 +467,7 @@ def _per_member_positive(v, name, K, single):
         return torch.full((K,), _checks.positive(v, name), dtype=torch.float64)
     if single:
         raise ValueError(f"{name} must be a single number for a single (non-ensemble) net")
-    if isinstance(v, (list, tuple)):
-        try:
-            v = np.asarray(v, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a number or a sequence of numbers") from exc
-    t = _checks.as_tensor(v, name, dtype=torch.float64).cpu()
+    t = _checks.as_tensor(v, name, dtype=torch.float64).cpu()   # lists go through float64
     if t.dim() != 1 or t.shape[0] != K:
         raise ValueError(f"{name} must be a number or a 1-D sequence of {K} values "
                          f"(one per member), got shape {tuple(t.shape)}")
