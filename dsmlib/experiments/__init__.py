@@ -1,0 +1,46 @@
+r"""The paper's experiments (Appendix D), one function per figure, at book or paper scale.
+
+Each figure has a frozen configuration dataclass whose defaults are the paper's settings
+(``scale="paper"``); :meth:`preset` gives the reduced ``"book"`` settings that chapters 8 and 9 run
+in minutes on a laptop CPU. Each figure function takes a configuration and returns a dict of NumPy
+arrays (axes documented in its docstring), the same dict that :func:`run` saves with
+:func:`dsmlib.save_results` and :func:`load` reads back.
+
+=========  ======================================================================================
+``fig1``   learned 1-D scores vs ``s*`` for several learning rates and two noise levels
+``fig2``   excess risk vs learning rate over many data sets (d = 1 or d = 10), with the sharpness
+           at the end of training vs ``2 / (m eta)`` and the fraction of ReLU units still active
+``fig3``   d = 2 diffusion with a time-conditioned net: samples and MMDs for a small and a large eta
+``fig4``   MMD ratio vs dimension d at eta = 0.5
+=========  ======================================================================================
+
+Every sweep of learning rates x seeds (x noise levels) is trained as one ensemble per learning
+rate (a group: all its members take the same number of steps). Randomness is derived from the
+seeds only (never from global state): member streams are ``numpy.random.SeedSequence`` children
+of ``(seed, purpose, ...)``, so a result can be reproduced member by member.
+
+Command line (``--help`` lists the options)::
+
+    python -m dsmlib.experiments fig2 --scale paper --dim 1 --out results/
+
+Modules: ``sweeps`` (Fig. 1-2), ``diffusion`` (Fig. 3-4 and the side experiments), ``runner``
+(presets, deviations, result files) and ``__main__`` (the command line). See chapters 8 ("Large
+learning rates memorize less") and 9 ("Higher dimension memorizes less").
+"""
+
+from __future__ import annotations
+
+from .diffusion import Fig3Config, Fig4Config, fig3, fig4, jitter_calibration, reduction_check
+from .runner import FIGURES, deviations, load, make_config, result_path, run
+from .sweeps import Fig1Config, Fig2Config, fig1, fig2
+
+
+def main(argv=None) -> int:
+    """The command line (see ``python -m dsmlib.experiments --help``)."""
+    from .__main__ import main as _main
+    return _main(argv)
+
+
+__all__ = ["Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "fig1", "fig2", "fig3",
+           "fig4", "reduction_check", "jitter_calibration", "make_config", "deviations",
+           "result_path", "run", "load", "FIGURES", "main"]
