@@ -1,7 +1,9 @@
-r"""Small matplotlib helpers for the experiment chapters (8 and 9).
+r"""Small display helpers for the chapters: matplotlib panels and formatted tables.
 
-Each helper draws on a given ``ax`` and returns it, so a notebook cell stays one call per panel.
-Inputs are NumPy arrays as returned by :mod:`dsmlib.experiments` (or loaded from ``results/``).
+Each plotting helper draws on a given ``ax`` and returns it, so a notebook cell stays one call per
+panel. Inputs are NumPy arrays as returned by :mod:`dsmlib.experiments` (or loaded from
+``results/``). :func:`table` turns rows of numbers into a pandas DataFrame of formatted strings,
+which the book renders as an HTML table that fits the column (no hand-aligned f-strings).
 """
 
 from __future__ import annotations
@@ -10,7 +12,66 @@ import warnings
 
 import numpy as np
 
-__all__ = ["mean_ci", "plot_scores", "plot_over_lrs", "plot_samples_2d", "plot_over_dims"]
+__all__ = ["table", "Table", "fmt", "mean_ci", "plot_scores", "plot_over_lrs", "plot_samples_2d", "plot_over_dims"]
+
+
+def fmt(value, spec: str = ".3g") -> str:
+    """One cell of a table: ``format(value, spec)``; NaN as an en dash, bools and strings as is.
+
+    Integers (Python or NumPy) are printed in full whatever ``spec`` is; a ``spec`` that ends in
+    ``%`` formats a fraction as a percentage (e.g. ``".0%"``).
+    """
+    if isinstance(value, (str, bool, np.bool_)):
+        return str(bool(value)) if isinstance(value, np.bool_) else str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    v = float(value)
+    if not np.isfinite(v):
+        return "–" if np.isnan(v) else ("∞" if v > 0 else "−∞")
+    return format(v, spec)
+
+
+class Table:
+    """A formatted table: ``df`` (a DataFrame of strings) shown as HTML in a notebook.
+
+    The HTML leaves out the row index unless one was chosen (``index=`` of :func:`table`), so no
+    empty first column takes space; ``repr`` gives the same table as plain text.
+    """
+
+    def __init__(self, df, show_index: bool):
+        self.df, self.show_index = df, show_index
+
+    def _repr_html_(self) -> str:
+        return self.df.to_html(index=self.show_index, border=0, classes="dataframe dsm-table")
+
+    def __repr__(self) -> str:
+        return self.df.to_string(index=self.show_index)
+
+
+def table(rows, columns=None, *, formats=None, default: str = ".3g", index=None) -> Table:
+    """Rows of numbers as a :class:`Table` of formatted strings, for display in a notebook.
+
+    rows: a list of dicts (column -> value), a list of sequences (then ``columns`` names them), or
+    a DataFrame. formats: column -> format spec (e.g. ``{"excess": ".2e", "share": ".0%"}``); other
+    numeric cells use ``default`` (3 significant digits). index: a column to show as the row index
+    (in bold on the page), or None. Cells are formatted by :func:`fmt`, so the text does not depend
+    on pandas' display options and is identical from run to run. Keep tables to about 7 columns so
+    they fit the book's column; transpose or split wider ones. The DataFrame is ``result.df``.
+    """
+    import pandas as pd
+
+    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=columns)
+    formats = dict(formats or {})
+    unknown = sorted(set(formats) - set(map(str, df.columns)))
+    if unknown:
+        raise ValueError(f"formats names columns that the table does not have: {unknown}")
+    out = pd.DataFrame({c: [fmt(v, formats.get(str(c), default)) for v in df[c]]
+                        for c in df.columns})
+    if index is None:
+        return Table(out, show_index=False)
+    if index not in out.columns:
+        raise ValueError(f"index must be one of the columns {list(out.columns)}, got {index!r}")
+    return Table(out.set_index(index), show_index=True)
 
 
 def mean_ci(values, axis=-1, level=0.95):

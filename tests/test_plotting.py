@@ -1,0 +1,38 @@
+"""Tests of dsmlib.plotting's table helpers (the plotting helpers are exercised by the chapters)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dsmlib import plotting as dplt
+
+
+def test_fmt_numbers_and_specials():
+    assert dplt.fmt(2.19344) == "2.19"
+    assert dplt.fmt(0.25, ".0%") == "25%"
+    assert dplt.fmt(30) == "30" and dplt.fmt(np.int64(123456789)) == "123456789"
+    assert dplt.fmt(math.nan) == "\u2013"
+    assert dplt.fmt(math.inf) == "\u221e" and dplt.fmt(-math.inf) == "\u2212\u221e"
+    assert dplt.fmt(True) == "True" and dplt.fmt(np.bool_(False)) == "False"
+    assert dplt.fmt("a") == "a"
+
+
+def test_table_html_has_no_empty_index_column():
+    t = dplt.table([{"eta": 0.5, "excess": 2.1934}, {"eta": 0.1, "excess": 0.0123}])
+    html = t._repr_html_()
+    assert "<th></th>" not in html and "2.19" in html and "0.0123" in html
+    assert repr(t).split("\n")[0].split() == ["eta", "excess"]
+
+
+def test_table_index_and_formats():
+    t = dplt.table([[0.1, 3.3e-5]], columns=["eta", "x"], index="eta", formats={"x": ".1e"})
+    assert t.df.index.tolist() == ["0.1"] and t.df["x"].tolist() == ["3.3e-05"]
+    assert "<th>0.1</th>" in t._repr_html_()
+
+
+def test_table_rejects_unknown_names():
+    with pytest.raises(ValueError, match="formats"):
+        dplt.table([{"a": 1.0}], formats={"b": ".2f"})
+    with pytest.raises(ValueError, match="index"):
+        dplt.table([{"a": 1.0}], index="b")
