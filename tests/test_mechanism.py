@@ -109,3 +109,12 @@ def test_time_net_activity_counts_units():
                                  num_times=10, time_weighting="sigma",
                                  generator=torch.Generator().manual_seed(1))
     assert act.tolist() == [pytest.approx(2 / 3)]
+
+
+def test_collapse_by_step_shapes_and_consistency():
+    r = ex.collapse_by_step(dims=(1, 2), lrs=(0.05, 5.0), steps=300, width=30, seeds=(0, 1))
+    assert r["diverged"].shape == (2, 2, 2)
+    assert not (r["collapsed"] & r["diverged"]).any()
+    assert np.all(np.isnan(r["active"][r["diverged"]]))
+    ok = ~r["diverged"]
+    assert np.array_equal(r["collapsed"][ok], r["active"][ok] == 0)

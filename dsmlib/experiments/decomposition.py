@@ -49,7 +49,7 @@ from ._common import (_DATA, _EVAL, _INIT, _SAMPLE, _SHARPNESS_TOL, _TRAIN, _che
 from .sweeps import _schedule
 
 __all__ = ["MechanismConfig", "mechanism", "checkpoint_steps", "control_steps", "decompose",
-           "Mechanism2dConfig", "mechanism2d", "time_net_activity"]
+           "collapse_by_step", "Mechanism2dConfig", "mechanism2d", "time_net_activity"]
 
 _BLOCK = 256            # the trainer's random block (see dsmlib.training)
 _EARLY = (2, 8, 32, 128)   # checkpoints before the first block ends
@@ -392,6 +392,45 @@ def decompose(res: dict, ti: int, *, reference: int = -1) -> dict:
             sel = alive if p == "time" else keep
             m, lo, hi = mean_ci(values[p][sel])
             out[p][li], out[p + "_lo"][li], out[p + "_hi"][li] = m, lo, hi
+    return out
+
+
+def collapse_by_step(dims=(1, 10), lrs=(0.05, 0.1, 0.2, 0.5), *, steps: int = 1024,
+                     t: float = 0.05, n: int = 20, width: int = 1000, batch_size: int = 50,
+                     seeds=tuple(range(8)), device="cpu") -> dict:
+    r"""Collapse and divergence at the same step on the per-sample loss, in d = 1 and d = 10.
+
+    Fig. 2's d = 10 networks are trained on the loss averaged over the batch *and* the d
+    coordinates (``"mean_all"``), whose step is that of the per-sample squared norm at ``eta / d``:
+    its eta = 0.5 takes the steps of eta = 0.05 in d = 1. This check trains both dimensions with the
+    same per-sample loss (``reduction="mean"``) and the same learning rates, with Fig. 2's data,
+    initialisations and batches (simulation s, noise level ``t``), for ``steps`` steps.
+    Returns ``diverged``, ``collapsed`` (no unit active on the hull of the ``mu x_i``, not
+    diverged) and ``active`` (fraction of units active there; NaN when diverged), each
+    (D, L, S), and ``dims``, ``lrs``, ``seeds``.
+    """
+    from ..schedule import ou_mu, ou_sigma
+
+    mu, sigma = ou_mu(t), ou_sigma(t)
+    shape = (len(dims), len(lrs), len(seeds))
+    out = {"diverged": np.zeros(shape, dtype=bool), "collapsed": np.zeros(shape, dtype=bool),
+           "active": np.full(shape, math.nan)}
+    for i, d in enumerate(dims):
+        data = torch.stack([torch.randn(n, d, generator=_generator(s, _DATA, d),
+                                        dtype=torch.float64) for s in seeds]).to(torch.float32)
+        for j, lr in enumerate(lrs):
+            net = TwoLayerScoreNet(width, d, ensemble=len(seeds), device=device,
+                                   generator=[_generator(s, _INIT) for s in seeds])
+            res = train_sgd(net, data, mu, sigma, lr=float(lr), steps=int(steps),
+                            batch_size=batch_size, reduction="mean", device=device,
+                            generator=[_generator(s, _TRAIN, 0) for s in seeds], progress=False)
+            div = res.diverged.cpu().numpy()
+            act = active_fraction(net, data if d > 1 else data[..., 0], mu).cpu().numpy()
+            out["diverged"][i, j] = div
+            out["active"][i, j] = np.where(div, math.nan, act)
+            out["collapsed"][i, j] = ~div & (act == 0)
+    out.update({"dims": np.array(dims), "lrs": np.array(lrs, dtype=np.float64),
+                "seeds": np.array(seeds)})
     return out
 
 
