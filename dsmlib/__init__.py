@@ -26,7 +26,8 @@ from .theory import (min_gap, theorem_lr_threshold, theorem_excess_bound, tv_low
                      prop2_midpoint_bounds, prop6_tv_upper_bound, prop7_tv_lower_bound,
                      prop7_conditions, tv_weight, weighted_tv)
 from .sampling import reverse_sde_sample, reverse_time_grid, optimal_score_fn
-from .metrics import mmd, nearest_neighbor_distances, memorization_fraction, fitted_gaussian
+from .metrics import (mmd, nearest_neighbor_distances, memorization_fraction, fitted_gaussian,
+                      energy_distance, sliced_wasserstein)
 from .timenet import TimeScoreNet, train_time_score_net
 from .io import save_results, load_results, ResultsError
 
@@ -52,6 +53,7 @@ __all__ = [
     "tv_weight", "weighted_tv",
     "reverse_sde_sample", "reverse_time_grid", "optimal_score_fn",
     "mmd", "nearest_neighbor_distances", "memorization_fraction", "fitted_gaussian",
+    "energy_distance", "sliced_wasserstein",
     "TimeScoreNet", "train_time_score_net",
     "save_results", "load_results", "ResultsError",
     *_LAZY,
