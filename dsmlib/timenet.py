@@ -520,10 +520,10 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     rng_block: how the random numbers are drawn, which defines the random stream of a seed.
     ``None`` (default) is per-step draws on a CPU (data indices, ``torch.multinomial`` time
     indices, noise, every step: the stream of the book's results) and ``32`` on any other
-    device. An integer ``S >= 1`` draws ``S`` steps' batches at once per member (data indices,
-    then float64 uniforms turned into time indices by the inverse CDF, then noise: no host
-    synchronisation, as a GPU needs); the result then depends on ``S``, not on the device's
-    speed. Memory: ``S * K * batch_size * (2d + 1)`` numbers.
+    device. An integer ``S >= 1`` draws the batches of ``S`` steps at once per member (the last
+    block holds the remaining steps; in each block: data indices, then float64 uniforms turned
+    into time indices by the inverse CDF, then noise: no host synchronisation, as a GPU needs);
+    the result then depends on ``S``, never on the device's speed. Memory: ``S * K * batch_size * (2d + 1)`` numbers.
     cuda_graph: replay blocks of ``rng_block`` steps as one captured CUDA graph (the same
     kernels, so the same numbers, with far less launch overhead). ``None``: on CUDA with block
     draws; ``False``: never. Capture failure falls back to plain execution with a warning.

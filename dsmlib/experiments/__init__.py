@@ -30,7 +30,8 @@ learning rates memorize less") and 9 ("Higher dimension memorizes less").
 
 from __future__ import annotations
 
-from .diffusion import Fig3Config, Fig4Config, fig3, fig4, jitter_calibration, reduction_check
+from .diffusion import (Fig3Config, Fig4Config, fig3, fig4, fig4_combine, jitter_calibration,
+                        reduction_check)
 from .runner import FIGURES, deviations, load, make_config, result_path, run
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 
@@ -42,5 +43,5 @@ def main(argv=None) -> int:
 
 
 __all__ = ["Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "fig1", "fig2", "fig3",
-           "fig4", "reduction_check", "jitter_calibration", "make_config", "deviations",
-           "result_path", "run", "load", "FIGURES", "main"]
+           "fig4", "fig4_combine", "reduction_check", "jitter_calibration", "make_config",
+           "deviations", "result_path", "run", "load", "FIGURES", "main"]

@@ -21,7 +21,8 @@ from ..timenet import TimeScoreNet, train_time_score_net
 from ._common import (_DATA, _EVAL, _INIT, _SAMPLE, _TRAIN, _check_common, _check_lrs,
                       _check_reduction, _generator, _progress)
 
-__all__ = ["Fig3Config", "Fig4Config", "fig3", "fig4", "reduction_check", "jitter_calibration"]
+__all__ = ["Fig3Config", "Fig4Config", "fig3", "fig4", "fig4_combine", "reduction_check",
+           "jitter_calibration"]
 
 
 @dataclass(frozen=True)
@@ -347,6 +348,30 @@ def fig4(config: Fig4Config | None = None, *, progress: bool = False) -> dict:
                    "seeds": np.array(cfg.seeds, dtype=np.int64),
                    "train_seconds": np.array(seconds)})
     return arrays
+
+
+def fig4_combine(parts) -> dict:
+    """Join :func:`fig4` results of single dimensions (or of any disjoint dimension lists) into
+    the result of one run over all their dimensions, in the order given.
+
+    Every dimension is computed independently (its random streams are keyed by the seed, the
+    purpose and ``d``), so ``fig4_combine([fig4(cfg_d) for d in dims])`` equals ``fig4(cfg)``
+    with ``cfg.dims = dims`` array for array: this is how a long paper-scale run is split into
+    resumable parts (``tools/paper_scale_gpu.py``). parts: a list of such dicts, same seeds.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("parts must hold at least one fig4 result")
+    seeds = parts[0]["seeds"]
+    for p in parts[1:]:
+        if not np.array_equal(p["seeds"], seeds):
+            raise ValueError("fig4 parts must have the same seeds")
+    out = {k: np.concatenate([np.asarray(p[k]) for p in parts])
+           for k in parts[0] if k != "seeds"}
+    if len(set(out["dims"].tolist())) != len(out["dims"]):
+        raise ValueError(f"fig4 parts overlap: dimensions {out['dims'].tolist()}")
+    out["seeds"] = np.asarray(seeds)
+    return out
 
 
 def reduction_check(dims=(2, 10, 50, 200), lrs=(0.5,), reductions=("mean", "mean_all"), *,
