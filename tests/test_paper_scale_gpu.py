@@ -110,3 +110,11 @@ def test_roofline_floor_counts():
     big = mod.roofline_step_seconds(3, 5000, 1000, 1000)
     assert small == pytest.approx(10 * 4 * 6 * 5000 * 1000 / 4.3e12 + 40 * 2.5e-6)
     assert big == pytest.approx(2 * 3 * 5000 * 1000 * (2 * 1002 + 3000) / 67e12 + 1e-4)
+
+
+def test_fewer_fig3_seeds_get_the_cli_tag(script, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(script, "estimate", lambda name, cfg, device, blocks: (1.0, 1.0))
+    assert script.main(_args(tmp_path, "--only", "fig3", "--fig3-seeds", "1")) == 0
+    arrays, meta = load_results(tmp_path / "results" / "fig3_book_s1_reduced.npz")
+    assert arrays["seeds"].tolist() == [0] and meta["config"]["seeds"] == [0]
+    assert (tmp_path / "export" / "fig3_book_s1_reduced.npz").exists()

@@ -116,6 +116,9 @@ def plan(args, device):
         cfg = _with_settings(ex.make_config("fig3", args.scale, device=str(device)), args.set)
         if args.steps_scale != 1:
             cfg = replace(cfg, steps=tuple(max(1, round(s * args.steps_scale)) for s in cfg.steps))
+        if args.fig3_seeds:
+            cfg = replace(cfg, seeds=tuple(range(args.fig3_seeds)))
+            tag = f"s{args.fig3_seeds}" + (f"_{tag}" if tag else "")
         parts.append(("fig3", cfg, Path(args.out), tag))
     if args.only in ("all", "fig4"):
         full = fig4_full_config(args, device)
@@ -181,10 +184,19 @@ def _part_path(name, cfg, where, tag):
     return ex.result_path(name.split()[0], cfg, where, tag)
 
 
+def fig4_final_path(args, device):
+    return ex.result_path("fig4", fig4_full_config(args, device), args.out,
+                          "reduced" if args.reduced else None)
+
+
 def combine_fig4(args, device, log):
-    """Join the per-dimension parts into the one Fig. 4 file, if every part is there."""
+    """Join the per-dimension parts into the one Fig. 4 file, if every part is there (the path of
+    the file, also when it was made before; None while parts are missing)."""
     full = fig4_full_config(args, device)
     tag = "reduced" if args.reduced else None
+    if fig4_final_path(args, device).exists():
+        log["fig4_combined"] = str(fig4_final_path(args, device))
+        return fig4_final_path(args, device)
     paths = [ex.result_path("fig4", replace(full, dims=(d,)), args.work,
                             f"d{d}" + (f"_{tag}" if tag else "")) for d in full.dims]
     if not all(p.exists() for p in paths):
@@ -223,6 +235,10 @@ def main(argv=None) -> int:
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 matrix products (faster for large d, ~1e-3 relative "
                         "rounding; recorded in the files). Default: exact float32, as on a CPU")
+    p.add_argument("--fig3-seeds", type=int, default=None, metavar="N",
+                   help="train Fig. 3 with seeds 0..N-1 instead of the preset's six (the paper "
+                        "shows one run; fewer networks make the million small-eta steps cheaper); "
+                        "the file gets the tag sN, as with python -m dsmlib.experiments --seeds N")
     p.add_argument("--scale", choices=("paper", "book"), default="paper",
                    help="testing: 'book' runs the book presets through the same path")
     p.add_argument("--steps-scale", type=float, default=1.0,
@@ -238,6 +254,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not (args.steps_scale > 0 and args.budget_minutes > 0 and args.probe_blocks >= 3):
         p.error("--steps-scale and --budget-minutes must be > 0, --probe-blocks >= 3")
+    if args.fig3_seeds is not None and args.fig3_seeds < 1:
+        p.error("--fig3-seeds must be >= 1")
     try:
         args.set = dict(_field_value(item) for item in args.set)
     except ValueError as exc:
@@ -277,8 +295,9 @@ def main(argv=None) -> int:
     # 2-3. the plan and its estimate
     parts = plan(args, device)
     rows = []
+    fig4_done = fig4_final_path(args, device).exists()
     for name, cfg, where, tag in parts:
-        if _part_path(name, cfg, where, tag).exists():
+        if _part_path(name, cfg, where, tag).exists() or (name.startswith("fig4") and fig4_done):
             rows.append((name, cfg, where, tag, 0.0, 0.0, True))
             continue
         est, floor = estimate(name, cfg, device, args.probe_blocks)
@@ -326,28 +345,29 @@ def main(argv=None) -> int:
         log["parts"].append({"part": name, "estimate_s": est, "seconds": took, "file": str(path)})
         print(f"  done {name}: {took / 60:.2f} min (estimated {est / 60:.2f}) -> {path}",
               flush=True)
+    finished = [_part_path(*r[:4]) for r in rows if r[0] == "fig3"]
     if args.only in ("all", "fig4"):
         path = combine_fig4(args, device, log)
         if path is not None:
             print(f"  fig4 complete -> {path}", flush=True)
-    _export(args, log, start)
+            finished.append(path)
+    _export(args, log, start, finished)
     print(f"total {(time.perf_counter() - start) / 60:.2f} min", flush=True)
     return status
 
 
-def _export(args, log, start):
+def _export(args, log, start, finished=()):
     log["total_s"] = time.perf_counter() - start
     if args.export is None:
         return
     dest = Path(args.export)
     dest.mkdir(parents=True, exist_ok=True)
-    suffix = "_reduced" if args.reduced else ""
-    for name in (f"fig3_{args.scale}{suffix}.npz", f"fig4_{args.scale}{suffix}.npz"):
-        if (Path(args.out) / name).exists():
-            shutil.copy2(Path(args.out) / name, dest / name)
+    for path in finished:
+        if Path(path).exists():
+            shutil.copy2(path, dest / Path(path).name)
     work = Path(args.work)
     parts = sorted(work.glob("fig4_*.npz")) if work.exists() else []
-    if parts and not (Path(args.out) / f"fig4_{args.scale}{suffix}.npz").exists():
+    if parts and "fig4_combined" not in log:
         with tarfile.open(dest / "paper_scale_parts.tar", "w") as tar:
             for f in parts:
                 tar.add(f, arcname=f.name)
