@@ -116,5 +116,9 @@ def test_fewer_fig3_seeds_get_the_cli_tag(script, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(script, "estimate", lambda name, cfg, device, blocks: (1.0, 1.0))
     assert script.main(_args(tmp_path, "--only", "fig3", "--fig3-seeds", "1")) == 0
     arrays, meta = load_results(tmp_path / "results" / "fig3_book_s1_reduced.npz")
+    names = [p[3] for p in script.plan(script.argparse.Namespace(
+        only="all", scale="book", set={}, steps_scale=1.0, fig3_seeds=1, dims=[2], reduced=True,
+        tf32=True, out=str(tmp_path), work=str(tmp_path)), torch.device("cpu"))]
+    assert names == ["s1_reduced_tf32", "d2_reduced_tf32"]
     assert arrays["seeds"].tolist() == [0] and meta["config"]["seeds"] == [0]
     assert (tmp_path / "export" / "fig3_book_s1_reduced.npz").exists()

@@ -110,22 +110,29 @@ def _time_sampling(K, width, dim, num, device, probe=20):
 
 def plan(args, device):
     """The parts: [(name, config, where, tag)], Fig. 3 first, then Fig. 4 one dimension each."""
-    tag = "reduced" if args.reduced else None
+    tag = _base_tag(args)
     parts = []
     if args.only in ("all", "fig3"):
         cfg = _with_settings(ex.make_config("fig3", args.scale, device=str(device)), args.set)
         if args.steps_scale != 1:
             cfg = replace(cfg, steps=tuple(max(1, round(s * args.steps_scale)) for s in cfg.steps))
+        tag3 = tag
         if args.fig3_seeds:
             cfg = replace(cfg, seeds=tuple(range(args.fig3_seeds)))
-            tag = f"s{args.fig3_seeds}" + (f"_{tag}" if tag else "")
-        parts.append(("fig3", cfg, Path(args.out), tag))
+            tag3 = f"s{args.fig3_seeds}" + (f"_{tag}" if tag else "")
+        parts.append(("fig3", cfg, Path(args.out), tag3))
     if args.only in ("all", "fig4"):
         full = fig4_full_config(args, device)
         for d in full.dims:
             parts.append((f"fig4 d={d}", replace(full, dims=(d,)), Path(args.work),
                           f"d{d}" + (f"_{tag}" if tag else "")))
     return parts
+
+
+def _base_tag(args):
+    """File tag: 'reduced' for test-sized runs, 'tf32' when TF32 products were allowed."""
+    tags = (["reduced"] if args.reduced else []) + (["tf32"] if args.tf32 else [])
+    return "_".join(tags) or None
 
 
 def _field_value(item):
@@ -185,15 +192,14 @@ def _part_path(name, cfg, where, tag):
 
 
 def fig4_final_path(args, device):
-    return ex.result_path("fig4", fig4_full_config(args, device), args.out,
-                          "reduced" if args.reduced else None)
+    return ex.result_path("fig4", fig4_full_config(args, device), args.out, _base_tag(args))
 
 
 def combine_fig4(args, device, log):
     """Join the per-dimension parts into the one Fig. 4 file, if every part is there (the path of
     the file, also when it was made before; None while parts are missing)."""
     full = fig4_full_config(args, device)
-    tag = "reduced" if args.reduced else None
+    tag = _base_tag(args)
     if fig4_final_path(args, device).exists():
         log["fig4_combined"] = str(fig4_final_path(args, device))
         return fig4_final_path(args, device)
@@ -234,7 +240,7 @@ def main(argv=None) -> int:
                    help="start a part even if its estimate alone exceeds the budget")
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 matrix products (faster for large d, ~1e-3 relative "
-                        "rounding; recorded in the files). Default: exact float32, as on a CPU")
+                        "rounding; the files get the tag tf32). Default: float32, as on a CPU")
     p.add_argument("--fig3-seeds", type=int, default=None, metavar="N",
                    help="train Fig. 3 with seeds 0..N-1 instead of the preset's six (the paper "
                         "shows one run; fewer networks make the million small-eta steps cheaper); "
@@ -279,11 +285,11 @@ def main(argv=None) -> int:
                   f"GPU; run on a GPU machine or pass --device cpu", file=sys.stderr)
             return 2
         props = torch.cuda.get_device_properties(device)
-        torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+        torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
         print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
               f"{props.multi_processor_count} SMs; torch {torch.__version__}, "
-              f"CUDA {torch.version.cuda}; TF32 {'on' if args.tf32 else 'off'}", flush=True)
+              f"CUDA {torch.version.cuda}; float32 matmul precision "
+              f"{torch.get_float32_matmul_precision()!r}", flush=True)
     else:
         print(f"device: {device} (torch {torch.__version__}, {torch.get_num_threads()} threads)",
               flush=True)
