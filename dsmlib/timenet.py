@@ -354,6 +354,9 @@ def _draw_block(data, times, mu, sig, cdf, K, S, B, gens, dtype, device):
     return torch.cat([times[ti][..., None], xt], dim=-1), z
 
 
+USE_CUDA_GRAPHS = True  # default of cuda_graph=None; tools/paper_scale_gpu.py turns it off
+                        # if a captured run does not reproduce a plain one on the device
+
 _CACHE_BYTES = 1 << 20  # (K, chunk, m) hidden activations kept per batch chunk: fits in L2
 
 
@@ -526,7 +529,8 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     the result then depends on ``S``, never on the device's speed. Memory: ``S * K * batch_size * (2d + 1)`` numbers.
     cuda_graph: replay blocks of ``rng_block`` steps as one captured CUDA graph (the same
     kernels, so the same numbers, with far less launch overhead). ``None``: on CUDA with block
-    draws; ``False``: never. Capture failure falls back to plain execution with a warning.
+    draws (and ``dsmlib.timenet.USE_CUDA_GRAPHS``, a switch for tools that check the graphs
+    first); ``False``: never. Capture failure falls back to plain execution with a warning.
     Returns a :class:`TimeTrainResult` (``steps_per_second`` measures the run).
     """
     if not isinstance(net, TimeScoreNet):
@@ -554,7 +558,7 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     else:
         rng_block = _checks.integer(rng_block, "rng_block", minimum=1)
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and rng_block > 0
+        cuda_graph = USE_CUDA_GRAPHS and device.type == "cuda" and rng_block > 0
     elif not isinstance(cuda_graph, bool):
         raise TypeError(f"cuda_graph must be True, False or None, got {type(cuda_graph).__name__}")
     elif cuda_graph and (device.type != "cuda" or rng_block == 0):

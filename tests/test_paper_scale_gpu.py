@@ -122,3 +122,17 @@ def test_fewer_fig3_seeds_get_the_cli_tag(script, tmp_path, capsys, monkeypatch)
     assert names == ["s1_reduced_tf32", "d2_reduced_tf32"]
     assert arrays["seeds"].tolist() == [0] and meta["config"]["seeds"] == [0]
     assert (tmp_path / "export" / "fig3_book_s1_reduced.npz").exists()
+
+
+def test_preflight_stops_a_wrong_training_path(script, tmp_path, capsys, monkeypatch):
+    import dsmlib.timenet as tn
+    real = tn._loss_and_grads
+
+    def wrong(*a, **k):
+        loss, gW1, gb, gW2 = real(*a, **k)
+        return loss, gW1, gb, 2 * gW2
+    monkeypatch.setattr(tn, "_loss_and_grads", wrong)
+    assert script.main(_args(tmp_path, "--estimate-only")) == 5
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "nothing was run" in captured.err
+    assert not (tmp_path / "results").exists()

@@ -108,6 +108,70 @@ def _time_sampling(K, width, dim, num, device, probe=20):
     return out
 
 
+def preflight(device) -> bool:
+    """Check the training path on this device before spending minutes on it.
+
+    1. Two steps of block draws against a float64 autograd reference computed from copies of
+       the generators (the same draws, redone): the kernels compute what they should.
+    2. On CUDA: a run replayed from a captured CUDA graph against the same run without graphs
+       (the same kernels: equal up to rounding). If they differ or capture fails, graphs are
+       switched off for the whole run (``dsmlib.timenet.USE_CUDA_GRAPHS``).
+    Returns False when check 1 fails (the script then stops).
+    """
+    import dsmlib.timenet as tn
+    K, m, d, n, B, S = 2, 64, 2, 10, 256, 2
+    g0 = torch.Generator(device=device).manual_seed(7)
+    data = 2 * torch.randn(n, d, generator=g0, device=device)
+    gens = [torch.Generator(device=device).manual_seed(11 + k) for k in range(K)]
+    copies = [torch.Generator(device=device).manual_seed(11 + k) for k in range(K)]
+    net = TimeScoreNet(m, d, ensemble=K, device=device,
+                       generator=[torch.Generator(device=device).manual_seed(k) for k in range(K)])
+    start = [p.detach().double().clone() for p in (net.W1, net.b, net.W2)]
+    train_time_score_net(net, data, lr=0.05, steps=S, batch_size=B, rng_block=S,
+                         reduction="mean_all", generator=gens, progress=False, cuda_graph=False)
+    times64, probs64 = tn.time_grid_weights()
+    t = times64.to(device)
+    idx_t = t.float()   # the trainer's tables are float32; the reference redoes the draws
+    u, z = tn._draw_block(data, idx_t, torch.exp(-t).float(),
+                          torch.sqrt(-torch.expm1(-2 * t)).float(),
+                          torch.cumsum(probs64, 0).to(device), K, S, B, copies, torch.float32,
+                          device)
+    u, z = u.double(), z.double()
+    params = start
+    for s in range(S):
+        W1, b, W2 = (p.clone().requires_grad_(True) for p in params)
+        r = torch.relu(u[:, s] @ W1.transpose(1, 2) + b[:, None]) @ W2.transpose(1, 2) / m
+        loss = ((r - z[:, s]) ** 2).mean(dim=(1, 2)).sum()
+        grads = torch.autograd.grad(loss, (W1, b, W2))
+        params = [p.detach() - m * 0.05 * gp for p, gp in zip((W1, b, W2), grads)]
+    err = max(float((p.detach().double() - q).norm() / q.norm())
+              for p, q in zip((net.W1, net.b, net.W2), params))
+    ok = err < 1e-4
+    print(f"preflight: 2 steps on {device} vs float64 autograd: relative error {err:.1e} "
+          f"({'ok' if ok else 'FAILED'})", flush=True)
+    if not ok or device.type != "cuda":
+        return ok
+    try:
+        nets = []
+        for graph in (True, False):
+            nt = TimeScoreNet(m, d, ensemble=K, device=device, generator=[
+                torch.Generator(device=device).manual_seed(k) for k in range(K)])
+            train_time_score_net(nt, data, lr=0.05, steps=5 * 32, batch_size=B,
+                                 reduction="mean_all", cuda_graph=graph, progress=False,
+                                 generator=[torch.Generator(device=device).manual_seed(11 + k)
+                                            for k in range(K)])
+            nets.append(nt)
+        diff = max(float((p - q).abs().max()) for p, q in zip(nets[0].parameters(),
+                                                              nets[1].parameters()))
+        same = diff <= 1e-5
+    except Exception as exc:  # noqa: BLE001 - any failure of the graph path disables it
+        diff, same = repr(exc), False
+    tn.USE_CUDA_GRAPHS = same
+    print(f"preflight: CUDA-graph replay vs plain run, largest difference {diff}: graphs "
+          f"{'on' if same else 'OFF'}", flush=True)
+    return True
+
+
 def plan(args, device):
     """The parts: [(name, config, where, tag)], Fig. 3 first, then Fig. 4 one dimension each."""
     tag = _base_tag(args)
@@ -295,6 +359,10 @@ def main(argv=None) -> int:
               flush=True)
     start = time.perf_counter()
     budget = 60.0 * args.budget_minutes
+    if not preflight(device):
+        print("error: the training path gives wrong numbers on this device; nothing was run",
+              file=sys.stderr)
+        return 5
     log = {"device": str(device), "torch": torch.__version__, "tf32": bool(args.tf32),
            "budget_s": budget, "parts": []}
 
