@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from . import _fused_timenet as _fused
 from .schedule import ou_mu, ou_sigma
 
 __all__ = ["TimeScoreNet", "train_time_score_net", "TimeTrainResult", "time_grid_weights"]
@@ -356,6 +357,7 @@ def _draw_block(data, times, mu, sig, cdf, K, S, B, gens, dtype, device):
 
 USE_CUDA_GRAPHS = True  # default of cuda_graph=None; tools/paper_scale_gpu.py turns it off
                         # if a captured run does not reproduce a plain one on the device
+USE_FUSED = True        # default of fused=None (the fused kernel is also checked per run)
 
 _CACHE_BYTES = 1 << 20  # (K, chunk, m) hidden activations kept per batch chunk: fits in L2
 
@@ -431,8 +433,10 @@ class _Loop:
     set before each block, plus the step's position in the block).
     """
 
-    def __init__(self, W1, b, W2, step_size, threshold, reduction, log_every, num_logs, chunk):
+    def __init__(self, W1, b, W2, step_size, threshold, reduction, log_every, num_logs, chunk,
+                 fused=False):
         K, dev = W1.shape[0], W1.device
+        self.fused = fused
         self.params = (W1, b, W2)
         self.good = [p.clone() for p in self.params]
         self.step_size, self.threshold = step_size, threshold
@@ -448,7 +452,10 @@ class _Loop:
         ``base + s`` of the run."""
         W1, b, W2 = self.params
         K = W1.shape[0]
-        loss, gW1, gb, gW2 = _loss_and_grads(W1, b, W2, u, z, self.reduction, self.chunk)
+        if self.fused:
+            loss, gW1, gb, gW2 = _fused.loss_and_grads(W1, b, W2, u, z, self.reduction)
+        else:
+            loss, gW1, gb, gW2 = _loss_and_grads(W1, b, W2, u, z, self.reduction, self.chunk)
         j = self.base + s
         ok = torch.isfinite(loss) & (loss <= self.threshold) & ~self.diverged
         newly = ~ok & ~self.diverged
@@ -468,6 +475,26 @@ class _Loop:
         """Steps ``base .. base + count - 1`` on the batches ``U[:, s]``, ``Z[:, s]``."""
         for s in range(count):
             self.step(U[:, s], Z[:, s], s)
+
+
+def _fused_agrees(loop, u, z) -> bool:
+    """The fused kernel against the pure-torch path on one batch (no update): every output
+    within 1e-4 relative (float32 rounding is about 1e-7). A failure to compile counts as no."""
+    W1, b, W2 = loop.params
+    try:
+        got = _fused.loss_and_grads(W1, b, W2, u, z, loop.reduction)
+    except Exception as exc:  # noqa: BLE001 - the torch path is always there
+        got, why = None, f"{type(exc).__name__}: {exc}"
+    if got is not None:
+        want = _loss_and_grads(W1, b, W2, u, z, loop.reduction, loop.chunk)
+        err = max(float((g - w).norm() / w.norm().clamp_min(1e-30)) for g, w in zip(got, want))
+        if err <= 1e-4:
+            return True
+        why = f"relative difference {err:.1e}"
+    import warnings
+    warnings.warn(f"fused kernel not used ({why}); training goes on with the torch path",
+                  RuntimeWarning, stacklevel=3)
+    return False
 
 
 def _capture(loop, U, Z, S):
@@ -491,7 +518,8 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
                          time_weighting: str = "sigma", reduction: str = "mean", generator=None,
                          log_every: int | None = None, diverge_threshold: float = 1e8,
                          progress=None, rng_block: int | None = None,
-                         cuda_graph: bool | None = None) -> TimeTrainResult:
+                         cuda_graph: bool | None = None,
+                         fused: bool | None = None) -> TimeTrainResult:
     r"""Train a :class:`TimeScoreNet` (or an ensemble) by SGD on the multi-time DSM loss.
 
     Each step draws, for every member, ``batch_size`` triples with replacement: a training point
@@ -531,6 +559,12 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     kernels, so the same numbers, with far less launch overhead). ``None``: on CUDA with block
     draws (and ``dsmlib.timenet.USE_CUDA_GRAPHS``, a switch for tools that check the graphs
     first); ``False``: never. Capture failure falls back to plain execution with a warning.
+    fused: compute the loss and gradients with the fused Triton kernel of
+    ``dsmlib._fused_timenet`` (float32, ``d <= 14``: several times less memory traffic on a GPU;
+    equal to the torch path up to float32 rounding, not bit for bit). ``None``: on CUDA when
+    Triton imports and ``dsmlib.timenet.USE_FUSED``, after checking it against the torch path on
+    the first batch (a warning and the torch path if they differ); ``True``: always (needs
+    Triton; on a CPU only under Triton's interpreter, for tests); ``False``: never.
     Returns a :class:`TimeTrainResult` (``steps_per_second`` measures the run).
     """
     if not isinstance(net, TimeScoreNet):
@@ -563,6 +597,15 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
         raise TypeError(f"cuda_graph must be True, False or None, got {type(cuda_graph).__name__}")
     elif cuda_graph and (device.type != "cuda" or rng_block == 0):
         raise ValueError("cuda_graph=True needs a CUDA network and block draws (rng_block)")
+    fits = dtype == torch.float32 and net.dim <= _fused.MAX_DIM
+    if fused is None:
+        fused = "check" if (USE_FUSED and device.type == "cuda" and rng_block > 0 and fits
+                            and _fused.available()) else False
+    elif not isinstance(fused, bool):
+        raise TypeError(f"fused must be True, False or None, got {type(fused).__name__}")
+    elif fused and not (_fused.available() and fits):
+        raise ValueError(f"fused=True needs Triton and a float32 net with dim <= "
+                         f"{_fused.MAX_DIM}")
     if progress is None:
         progress = steps >= 10_000
 
@@ -580,7 +623,7 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
         num_logs = -(-steps // log_every)
         chunk = _batch_chunk(K, net.width, batch_size, device, W1.element_size())
         loop = _Loop(W1, b, W2, net.width * lrs, threshold, reduction, log_every, num_logs,
-                     chunk)
+                     chunk, fused=fused is True)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -606,6 +649,8 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
                 U[:, :count].copy_(u)
                 Z[:, :count].copy_(z)
                 del u, z
+                if fused == "check":
+                    fused = loop.fused = _fused_agrees(loop, U[:, 0], Z[:, 0])
                 loop.base.fill_(j0)
                 if graph is None and cuda_graph and j0 > 0 and count == S:
                     graph = _capture(loop, U, Z, S)   # block 0 ran eagerly: the warm-up

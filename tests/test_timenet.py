@@ -528,3 +528,58 @@ def test_unchecked_score_lets_nan_through():
     assert torch.equal(net.score(ok, 0.5, check=False), net.score(ok, 0.5))
     with pytest.raises(ValueError, match="t must be > 0"):
         net.score(ok, 0.0, check=False)
+
+
+def test_fused_kernel_matches_the_torch_path_under_the_interpreter():
+    # The optional Triton kernel (used on CUDA) run by Triton's CPU interpreter: gradients
+    # against the float64 torch path, and a few training steps against the torch path. Skipped
+    # where Triton is not installed (the device check of tools/paper_scale_gpu.py and the
+    # trainer's first-batch check cover the GPU itself).
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    code = r"""
+import torch
+import dsmlib.timenet as tn
+import dsmlib._fused_timenet as fz
+assert fz.available()
+g = torch.Generator().manual_seed(0)
+for K, B, m, d in [(2, 70, 50, 2), (3, 45, 33, 5), (1, 40, 20, 10), (2, 33, 17, 1)]:
+    W1, b, W2 = (torch.randn(K, m, d + 1, generator=g), torch.randn(K, m, generator=g),
+                 torch.randn(K, d, m, generator=g))
+    u, z = torch.randn(K, B, d + 1, generator=g), torch.randn(K, B, d, generator=g)
+    for red in ("mean", "sum", "mean_all"):
+        want = tn._loss_and_grads(W1.double(), b.double(), W2.double(), u.double(), z.double(),
+                                  red, chunk=1000)
+        got = fz.loss_and_grads(W1, b, W2, u, z, red)
+        for x, y in zip(got, want):
+            assert x.shape == y.shape and x.dtype == torch.float32
+            assert float((x.double() - y).norm() / y.norm()) < 1e-6
+data = 2 * torch.randn(6, 2, generator=g)
+nets = []
+for fused in (True, False):
+    net = tn.TimeScoreNet(24, 2, ensemble=2, generator=[torch.Generator().manual_seed(k) for k in (1, 2)])
+    tn.train_time_score_net(net, data, lr=0.5, steps=6, batch_size=40, rng_block=4,
+                            reduction="mean_all", fused=fused,
+                            generator=[torch.Generator().manual_seed(k) for k in (3, 4)])
+    nets.append(net)
+for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+    assert float((p - q).norm() / q.norm()) < 1e-5
+print("ok")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_fused_option_validation():
+    import dsmlib._fused_timenet as fz
+    net = tn.TimeScoreNet(5, 2, generator=_gen(0), dtype=torch.float64)
+    data = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="fused"):
+        tn.train_time_score_net(net, data, lr=0.1, steps=1, fused="auto")
+    with pytest.raises(ValueError, match="fused=True needs"):   # float64, or no Triton
+        tn.train_time_score_net(net, data, lr=0.1, steps=1, fused=True)
+    assert fz.MAX_DIM == 14
