@@ -136,3 +136,14 @@ def test_preflight_stops_a_wrong_training_path(script, tmp_path, capsys, monkeyp
     captured = capsys.readouterr()
     assert "FAILED" in captured.out and "nothing was run" in captured.err
     assert not (tmp_path / "results").exists()
+
+
+def test_fused_roofline_is_far_below_the_torch_path_for_fig3():
+    spec = importlib.util.spec_from_file_location("paper_scale_gpu_f", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch_path = mod.roofline_step_seconds(6, 5000, 1000, 2)
+    fused = mod.roofline_step_seconds(6, 5000, 1000, 2, fused=True)
+    assert fused < torch_path / 2
+    # 2 K B m (3 * 4 + 3 * 2) FLOPs at 67 TFLOP/s, plus the launch floor
+    assert fused == pytest.approx(2 * 6 * 5000 * 1000 * 18 / 67e12 + 1e-4)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import tarfile
@@ -54,15 +55,29 @@ from dsmlib.timenet import TimeScoreNet, train_time_score_net  # noqa: E402
 FP32_FLOPS, HBM_BYTES, KERNEL_S, KERNELS_PER_STEP = 67e12, 4.3e12, 2.5e-6, 40
 
 
-def roofline_step_seconds(K: int, B: int, m: int, d: int) -> float:
+def roofline_step_seconds(K: int, B: int, m: int, d: int, fused: bool = False) -> float:
     """Lower bound on one training step of K networks of width m on batches of B in dimension d.
 
-    FLOPs: the five matrix products of the forward and backward pass, 2 K B m (2 (d + 2) + 3 d).
-    Bytes: about ten float32 passes over the (K, B, m) hidden activations (write, ReLU, read by
-    two products, the masked backward product, its read). Plus a launch floor per kernel."""
-    flops = 2.0 * K * B * m * (2 * (d + 2) + 3 * d)
-    bytes_ = 10 * 4.0 * K * B * m
+    Torch path: FLOPs of the five matrix products of the forward and backward pass,
+    2 K B m (2 (d + 2) + 3 d); bytes: about ten float32 passes over the (K, B, m) hidden
+    activations (write, ReLU, read by two products, the masked backward product, its read).
+    Fused kernel (d <= 14): the activations never leave registers and are computed twice,
+    2 K B m (3 (d + 2) + 3 d) FLOPs (padded to powers of two), and the bytes are the per-block
+    partial gradients. Plus a launch floor per kernel of the step."""
+    if fused:
+        dp, dop = 1 << (d + 1).bit_length(), max(2, 1 << max(0, (d - 1).bit_length()))
+        flops = 2.0 * K * B * m * (3 * dp + 3 * dop)
+        bytes_ = 2 * 4.0 * K * (-(-B // 32)) * (2 * d + 2) * m
+    else:
+        flops = 2.0 * K * B * m * (2 * (d + 2) + 3 * d)
+        bytes_ = 10 * 4.0 * K * B * m
     return max(flops / FP32_FLOPS, bytes_ / HBM_BYTES) + KERNELS_PER_STEP * KERNEL_S
+
+
+def _fused_used(d, device) -> bool:
+    import dsmlib._fused_timenet as fz
+    import dsmlib.timenet as tn
+    return device.type == "cuda" and tn.USE_FUSED and fz.available() and d <= fz.MAX_DIM
 
 
 def _sync(device):
@@ -169,6 +184,41 @@ def preflight(device) -> bool:
     tn.USE_CUDA_GRAPHS = same
     print(f"preflight: CUDA-graph replay vs plain run, largest difference {diff}: graphs "
           f"{'on' if same else 'OFF'}", flush=True)
+    import dsmlib._fused_timenet as fz
+    if not fz.available():
+        tn.USE_FUSED = False
+        print("preflight: Triton not importable: the fused small-d kernel is off", flush=True)
+        return True
+    try:   # the fused kernel on the Fig. 3 shapes against the torch path, in float64
+        gk = torch.Generator(device=device).manual_seed(3)
+        Kf, Bf, mf, df = 6, 5000, 1000, 2
+        W1 = torch.randn(Kf, mf, df + 1, generator=gk, device=device) / 3 ** 0.5
+        b = 0.1 * torch.randn(Kf, mf, generator=gk, device=device)
+        W2 = torch.randn(Kf, df, mf, generator=gk, device=device)
+        u = torch.randn(Kf, Bf, df + 1, generator=gk, device=device)
+        z = torch.randn(Kf, Bf, df, generator=gk, device=device)
+        got = fz.loss_and_grads(W1, b, W2, u, z, "mean_all")
+        want = tn._loss_and_grads(*(t.double() for t in (W1, b, W2, u, z)), "mean_all", Bf)
+        ferr = max(float((g.double() - w).norm() / w.norm()) for g, w in zip(got, want))
+        _sync(device)
+        reps = 20
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fz.loss_and_grads(W1, b, W2, u, z, "mean_all")
+        _sync(device)
+        t_fused = (time.perf_counter() - t0) / reps
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            tn._loss_and_grads(W1, b, W2, u, z, "mean_all", Bf)
+        _sync(device)
+        t_torch = (time.perf_counter() - t0) / reps
+        use = ferr < 1e-4
+    except Exception as exc:  # noqa: BLE001 - the torch path is always there
+        ferr, use, t_fused, t_torch = repr(exc), False, math.nan, math.nan
+    tn.USE_FUSED = use
+    print(f"preflight: fused kernel vs float64 on the Fig. 3 shapes: relative error {ferr}; "
+          f"{t_fused * 1e3:.3f} ms vs {t_torch * 1e3:.3f} ms for the torch path: fused kernel "
+          f"{'on' if use else 'OFF'}", flush=True)
     return True
 
 
@@ -235,7 +285,8 @@ def estimate(name, cfg, device, probe_blocks):
             per = _time_training(K, cfg.width, cfg.dim, B, 0.01, cfg.reduction, device,
                                  probe_blocks)
             train += per * steps
-            floor += roofline_step_seconds(K, B, cfg.width, cfg.dim) * steps
+            floor += roofline_step_seconds(K, B, cfg.width, cfg.dim, _fused_used(cfg.dim,
+                                                                                   device)) * steps
         net_s, star_s = _time_sampling(len(cfg.seeds), cfg.width, cfg.dim, cfg.num_samples,
                                        device)
         sample = cfg.sampler_steps * (net_s * len(cfg.lrs) + 2 * star_s)
@@ -244,7 +295,8 @@ def estimate(name, cfg, device, probe_blocks):
         per = _time_training(K, cfg.width, d, cfg.batch_size, 0.01, cfg.reduction, device,
                              probe_blocks)
         train = per * cfg.steps
-        floor = roofline_step_seconds(K, cfg.batch_size, cfg.width, d) * cfg.steps
+        floor = roofline_step_seconds(K, cfg.batch_size, cfg.width, d,
+                                      _fused_used(d, device)) * cfg.steps
         N = cfg.sample_sets * cfg.num_samples
         net_s, star_s = _time_sampling(K, cfg.width, d, N, device)
         sample = cfg.sampler_steps * (net_s + K * star_s)
@@ -419,6 +471,7 @@ def main(argv=None) -> int:
         log["parts"].append({"part": name, "estimate_s": est, "seconds": took, "file": str(path)})
         print(f"  done {name}: {took / 60:.2f} min (estimated {est / 60:.2f}) -> {path}",
               flush=True)
+        _export(args, log, start, [path] if figure == "fig3" else ())  # a kill loses nothing
     finished = [_part_path(*r[:4]) for r in rows if r[0] == "fig3"]
     if args.only in ("all", "fig4"):
         path = combine_fig4(args, device, log)
@@ -441,10 +494,14 @@ def _export(args, log, start, finished=()):
             shutil.copy2(path, dest / Path(path).name)
     work = Path(args.work)
     parts = sorted(work.glob("fig4_*.npz")) if work.exists() else []
+    archive = dest / "paper_scale_parts.tar"
     if parts and "fig4_combined" not in log:
-        with tarfile.open(dest / "paper_scale_parts.tar", "w") as tar:
+        with tarfile.open(archive.with_suffix(".tmp"), "w") as tar:
             for f in parts:
                 tar.add(f, arcname=f.name)
+        archive.with_suffix(".tmp").replace(archive)
+    elif archive.exists():   # Fig. 4 is whole: the parts are no longer needed
+        archive.unlink()
     (dest / "paper_scale_log.json").write_text(json.dumps(log, indent=1, default=str))
 
 
