@@ -299,7 +299,7 @@ def _learning_rates(lr, K, dtype, device):
 
 
 def _draw_batch(data, times, mu, sig, probs, K, B, gens, dtype, device):
-    """Fresh batch (per-step draws): u = [t, mu(t) x_I + sigma(t) z] (K, B, d+1), target z (K, B, d).
+    """Fresh batch (per-step draws): u = [t, mu(t) x_I + sigma(t) z] (K, B, d+1), z (K, B, d).
 
     data: (n, d) shared by the members or (K, n, d), one data set per member.
     Each member's draws, in order: data indices (B,), time indices (B,) (``torch.multinomial``),
@@ -554,7 +554,8 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     device. An integer ``S >= 1`` draws the batches of ``S`` steps at once per member (the last
     block holds the remaining steps; in each block: data indices, then float64 uniforms turned
     into time indices by the inverse CDF, then noise: no host synchronisation, as a GPU needs);
-    the result then depends on ``S``, never on the device's speed. Memory: ``S * K * batch_size * (2d + 1)`` numbers.
+    the result then depends on ``S``, never on the device's speed. Memory:
+    ``S * K * batch_size * (2d + 1)`` numbers.
     cuda_graph: replay blocks of ``rng_block`` steps as one captured CUDA graph (the same
     kernels, so the same numbers, with far less launch overhead). ``None``: on CUDA with block
     draws (and ``dsmlib.timenet.USE_CUDA_GRAPHS``, a switch for tools that check the graphs

@@ -397,7 +397,8 @@ def _block_reference(net, data, lr, seeds, B, S, reduction="mean"):
         params = [p[k].detach().clone() for p in (net.W1, net.b, net.W2)]
         for s in range(S):
             t = times[ti[s]]
-            xt = torch.exp(-t)[:, None] * x[idx[s]] + torch.sqrt(1 - torch.exp(-2 * t))[:, None] * z[s]
+            xt = (torch.exp(-t)[:, None] * x[idx[s]]
+                  + torch.sqrt(1 - torch.exp(-2 * t))[:, None] * z[s])
             W1, b, W2 = (p.requires_grad_(True) for p in params)
             r = torch.relu(torch.cat([t[:, None], xt], 1) @ W1.T + b) @ W2.T / m
             loss = ((r - z[s]) ** 2).sum() / (B * (d if reduction == "mean_all" else 1))
@@ -559,7 +560,8 @@ for K, B, m, d in [(2, 70, 50, 2), (3, 45, 33, 5), (1, 40, 20, 10), (2, 33, 17, 
 data = 2 * torch.randn(6, 2, generator=g)
 nets = []
 for fused in (True, False):
-    net = tn.TimeScoreNet(24, 2, ensemble=2, generator=[torch.Generator().manual_seed(k) for k in (1, 2)])
+    net = tn.TimeScoreNet(24, 2, ensemble=2,
+                          generator=[torch.Generator().manual_seed(k) for k in (1, 2)])
     tn.train_time_score_net(net, data, lr=0.5, steps=6, batch_size=40, rng_block=4,
                             reduction="mean_all", fused=fused,
                             generator=[torch.Generator().manual_seed(k) for k in (3, 4)])
