@@ -68,7 +68,8 @@ class PhaseConfig:
     ns: sample sizes (n points from N(0, 1) per data set; data set s of size n = 20 is that of
     Fig. 2's simulation s). times: forward times t, ``sigma = sqrt(1 - e^{-2t})``. lrs: the
     learning-rate grid; each lr trains ``round(flow_time / lr)`` steps (``eta x steps`` fixed:
-    the paper's Fig. 2 keeps it at 2000-2500, its book scale at a quarter). batch_size, width:
+    the paper's Fig. 2 keeps it at 2000-2500, the book's Fig. 2 at a quarter of that; the full
+    resolution here at half). batch_size, width:
     Fig. 2's; the loss is the batch mean. seeds: data sets (each with its own initialisation and
     batches). decay: divisors of eta of the noise-removal phases, ``decay_steps`` steps each, from
     the last iterate; average_fraction: the Polyak window (last fraction of the steps).
@@ -78,8 +79,8 @@ class PhaseConfig:
     scale: str = "paper"
     ns: tuple = (5, 10, 20, 40)
     times: tuple = (0.02, 0.05, 0.1, 0.2, 0.5)
-    lrs: tuple = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
-    flow_time: float = 625.0
+    lrs: tuple = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+    flow_time: float = 1250.0
     batch_size: int = 50
     width: int = 1000
     seeds: tuple = tuple(range(8))
@@ -116,7 +117,7 @@ class PhaseConfig:
     def preset(cls, scale: str) -> "PhaseConfig":
         """``"paper"``: the full-resolution diagram (results/phase_paper.npz); ``"book"``: the
         chapter's live slice (n = 10, three noise levels, four learning rates, three data sets,
-        a quarter of the gradient-flow time)."""
+        an eighth of the full run's gradient-flow time)."""
         if scale == "paper":
             return cls()
         if scale == "book":
@@ -389,9 +390,11 @@ class GenerationConfig:
     Data: n points from N(0, data_std^2 I_d), one data set per (n, seed); each seed also has its
     own initialisation and batches (one network per (n, eta, seed)). Training as
     :class:`Fig3Config` (``train_time_score_net``, times ∝ sigma(t), ``reduction="mean_all"``);
-    lrs[i] trains ``round(flow_time / lrs[i])`` steps with batches of ``batch_size[i]``.
-    checkpoints: ``C`` gradient-flow times ``flow_time * 2^{-(C-1)}, ..., flow_time / 2,
-    flow_time``, the same for every lr; at each, ``num_samples`` samples of the network
+    lrs[i] trains ``round(flow_time[i] / lrs[i])`` steps with batches of ``batch_size[i]``
+    (``flow_time``: one gradient-flow time ``eta x steps`` for every lr, or one per lr).
+    checkpoints: ``C`` gradient-flow times ``F * 2^{-(C-1)}, ..., F / 2, F`` with ``F`` the largest
+    flow time, the same for every lr (an lr with a shorter flow time, which must be one of them,
+    stops there); at each, ``num_samples`` samples of the network
     (``sampler_steps`` steps of the backward OU sampler from T to delta) are compared with the
     training set (memorization fraction, ratio 1/3) and with ``reference_samples`` fresh samples of
     the true distribution at time delta, ``N(0, (data_std^2 mu(delta)^2 + sigma(delta)^2) I)``:
@@ -404,10 +407,10 @@ class GenerationConfig:
     ns: tuple = (5, 10, 20, 40)
     data_std: float = 2.0
     width: int = 250
-    lrs: tuple = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-    batch_size: tuple = (500, 500, 500, 500, 500, 500)
-    flow_time: float = 2000.0
-    checkpoints: int = 8
+    lrs: tuple = (0.05, 0.1, 0.5, 1.0, 2.0)
+    batch_size: tuple = (500, 500, 500, 500, 500)
+    flow_time: tuple = (2000.0, 4000.0, 16000.0, 16000.0, 16000.0)
+    checkpoints: int = 11
     num_times: int = 100
     T: float = 1.0
     delta: float = 0.01
@@ -437,24 +440,42 @@ class GenerationConfig:
             _positive_int(getattr(self, name), name)
         if self.num_samples < 2 or self.reference_samples < 2:
             raise ValueError("num_samples and reference_samples must be >= 2")
-        if not self.flow_time > 0 or not self.data_std > 0 or not self.bandwidth > 0:
+        flows = self.lr_flow_times()
+        if any(not f > 0 for f in flows) or not self.data_std > 0 or not self.bandwidth > 0:
             raise ValueError("flow_time, data_std and bandwidth must be positive")
+        tau = self.flow_times()
+        for f in flows:
+            if not np.any(np.abs(tau - f) <= 1e-9 * f):
+                raise ValueError(f"each flow time must be one of the checkpoint times "
+                                 f"{tau.tolist()}, got {f}")
         if not self.T > self.delta > 0:
             raise ValueError(f"need T > delta > 0, got T={self.T}, delta={self.delta}")
-        steps = self.checkpoint_steps()
-        if np.any(np.diff(steps, axis=1) <= 0):
-            raise ValueError("checkpoints too dense for the largest learning rate: two "
-                             "checkpoints fall on the same step; use fewer checkpoints or a "
-                             "longer flow_time")
+        for row in self.checkpoint_steps():
+            if np.any(np.diff(row[row >= 0]) <= 0):
+                raise ValueError("checkpoints too dense for the largest learning rate: two "
+                                 "checkpoints fall on the same step; use fewer checkpoints or a "
+                                 "longer flow_time")
+
+    def lr_flow_times(self) -> tuple:
+        """The gradient-flow time ``eta x steps`` of each learning rate (L,)."""
+        f = self.flow_time
+        if isinstance(f, (tuple, list)):
+            if len(f) != len(self.lrs):
+                raise ValueError(f"flow_time must be one number or one per learning rate, got "
+                                 f"{f!r} for lrs {self.lrs!r}")
+            return tuple(float(v) for v in f)
+        return tuple(float(f) for _ in self.lrs)
 
     def flow_times(self) -> np.ndarray:
-        """The checkpoint gradient-flow times (C,), ``flow_time * 2^{-(C-1)} ... flow_time``."""
-        return self.flow_time * 2.0 ** np.arange(-(self.checkpoints - 1), 1)
+        """The checkpoint gradient-flow times (C,): ``F * 2^{-(C-1)} ... F``, F the largest."""
+        return max(self.lr_flow_times()) * 2.0 ** np.arange(-(self.checkpoints - 1), 1)
 
     def checkpoint_steps(self) -> np.ndarray:
-        """(L, C) int64: the step counts ``max(1, round(tau_c / lr))`` of every checkpoint."""
+        """(L, C) int64: the step counts ``max(1, round(tau_c / lr))`` of every checkpoint, -1
+        after the lr's own flow time."""
         tau = self.flow_times()
-        return np.array([[max(1, round(t / lr)) for t in tau] for lr in self.lrs], dtype=np.int64)
+        return np.array([[max(1, round(t / lr)) if t <= f * (1 + 1e-9) else -1 for t in tau]
+                         for lr, f in zip(self.lrs, self.lr_flow_times())], dtype=np.int64)
 
     @classmethod
     def preset(cls, scale: str) -> "GenerationConfig":
@@ -464,7 +485,7 @@ class GenerationConfig:
             return cls()
         if scale == "book":
             return cls(scale="book", ns=(10,), lrs=(0.1, 1.0), batch_size=(500, 500),
-                       flow_time=400.0, checkpoints=4, seeds=(0,), num_samples=500,
+                       flow_time=(400.0, 400.0), checkpoints=4, seeds=(0,), num_samples=500,
                        reference_samples=1000, sampler_steps=100, projections=64,
                        activity_samples=5000)
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
@@ -500,6 +521,7 @@ class _Distances:
 
 
 _METRICS = ("memorization", "mmd", "energy", "sw")
+_SAMPLE_BOUND = 1e4     # a sample beyond it (the true law has sd ~2) counts as a failed sampler
 _REFERENCES = ("star", "gauss", "true_score", "fresh")
 
 
@@ -519,15 +541,18 @@ def generation(config: GenerationConfig | None = None, *, progress: bool = False
       times closer to their nearest training point than to the second), ``mmd`` (MMD^2 to fresh
       true samples), ``energy`` (squared energy distance to them), ``sw`` (sliced
       Wasserstein-2 to them); ``active`` (N, L, S, C): share of hidden units active on some
-      training input. NaN from the checkpoint where the network diverged, and where its sampler
-      failed (a non-finite score or sample: ``sampling_failed`` (N, L, S, C));
+      training input. NaN after the lr's flow time, from the checkpoint where the network
+      diverged, and where its sampler
+      failed (a non-finite score, or a sample beyond 1e4 in absolute value: ``sampling_failed``
+      (N, L, S, C));
     - ``diverged`` (N, L, S) bool, ``diverged_step`` (N, L, S) (-1: never);
     - references ``ref_{metric}`` (N, S, 4) for the sets ``star`` (the ``s*`` sampler: a kernel
       density estimate of the data), ``gauss`` (the Gaussian fitted to the data), ``true_score``
       (the same sampler driven by the exact score of N(0, data_std^2 I)) and ``fresh`` (fresh
       samples of the true law at delta, as many as generated: each distance's noise floor);
       ``reference_names``;
-    - ``flow_times`` (C,), ``checkpoint_steps`` (L, C), ``ns``, ``lrs``, ``batch_size``,
+    - ``flow_times`` (C,), ``checkpoint_steps`` (L, C) (-1 after the lr's flow time),
+      ``lr_flow_times`` (L,), ``ns``, ``lrs``, ``batch_size``,
       ``seeds``, ``train_seconds`` (N, L), ``true_variance`` ().
     """
     cfg = GenerationConfig() if config is None else config
@@ -567,6 +592,8 @@ def generation(config: GenerationConfig | None = None, *, progress: bool = False
             gen = _generator(seed, _TRAIN, d, n, li, device=dev)
             done = 0
             for c in range(C):
+                if steps[li, c] < 0:                   # past this lr's flow time
+                    break
                 chunk = int(steps[li, c]) - done
                 res = train_time_score_net(
                     net, xf, lr=float(lr), steps=chunk, batch_size=int(batch), T=cfg.T,
@@ -581,7 +608,7 @@ def generation(config: GenerationConfig | None = None, *, progress: bool = False
                     smp = _sample(cfg, net.score, (seed, _SAMPLE, n, 10 + li, c), dev)
                 except FloatingPointError:
                     smp = None
-                if smp is None or not bool(torch.isfinite(smp).all()):
+                if smp is None or not bool((smp.abs() <= _SAMPLE_BOUND).all()):
                     out["sampling_failed"][ni, li, si, c] = True
                     continue
                 for k, v in dist(smp.reshape(cfg.num_samples, d)).items():
@@ -595,7 +622,8 @@ def generation(config: GenerationConfig | None = None, *, progress: bool = False
     out.update(refs)
     out.update({
         "reference_names": np.array(_REFERENCES), "flow_times": cfg.flow_times(),
-        "checkpoint_steps": steps, "ns": np.array(cfg.ns, dtype=np.int64),
+        "checkpoint_steps": steps, "lr_flow_times": np.array(cfg.lr_flow_times()),
+        "ns": np.array(cfg.ns, dtype=np.int64),
         "lrs": np.array(cfg.lrs, dtype=np.float64),
         "batch_size": np.array(cfg.batch_size, dtype=np.int64),
         "seeds": np.array(cfg.seeds, dtype=np.int64), "train_seconds": seconds,
