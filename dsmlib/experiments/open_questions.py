@@ -416,7 +416,7 @@ class GenerationConfig:
     delta: float = 0.01
     time_weighting: str = "sigma"
     reduction: str = "mean_all"
-    seeds: tuple = (0, 1, 2)
+    seeds: tuple = (0, 1)
     num_samples: int = 1000
     reference_samples: int = 2000
     sampler_steps: int = 200
