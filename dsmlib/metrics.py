@@ -225,9 +225,9 @@ def energy_distance(x, y, *, unbiased: bool = False, chunk_size: int | None = No
     with Euclidean norms. It is ``>= 0`` and ``0`` only when ``P = Q``; it needs no bandwidth, and
     in 1-D it equals ``2 int (F_P - F_Q)^2``. The default is the V-statistic (the within-sample
     means divided by ``N^2`` and ``M^2``, diagonal zeros included), which is the square of
-    ``scipy.stats.energy_distance`` in 1-D and is always ``>= 0``; ``unbiased=True`` divides them by
-    ``N (N - 1)`` and ``M (M - 1)`` instead (U-statistics: unbiased for ``D^2``, can be slightly
-    negative when ``P = Q``).
+    ``scipy.stats.energy_distance`` in 1-D and is always ``>= 0``; ``unbiased=True`` divides them
+    by ``N (N - 1)`` and ``M (M - 1)`` instead (U-statistics: unbiased for ``D^2``, can be
+    slightly negative when ``P = Q``).
 
     x: ``(N,)`` or ``(N, d)``; y: ``(M,)`` or ``(M, d)`` with the same ``d``; ``N, M >= 2``.
     chunk_size: rows per pairwise block (default: blocks of about 4M distances, so ``N = M = 1e5``
@@ -276,12 +276,12 @@ def sliced_wasserstein(x, y, *, p: float = 2.0, num_projections: int = 256, gene
 
         SW_p(P, Q) = ( E_theta W_p^p(theta . X, theta . Y) )^{1/p},   theta uniform on the sphere,
 
-    estimated with ``num_projections`` random directions (``theta = g / |g|``, ``g ~ N(0, I_d)`` from
-    ``generator``, drawn in float64); for each direction the one-dimensional ``W_p`` between the two
-    projected empirical measures is exact, for any sample sizes ``N`` and ``M`` (the quantile
-    functions are matched on the ``N + M - 1`` intervals between their jumps). In 1-D there is
-    nothing to slice: the result is the exact ``W_p`` (no randomness, ``generator`` unused), equal
-    to ``scipy.stats.wasserstein_distance`` for ``p = 1``. For two Gaussians
+    estimated with ``num_projections`` random directions (``theta = g / |g|``, ``g ~ N(0, I_d)``
+    from ``generator``, drawn in float64); for each direction the one-dimensional ``W_p`` between
+    the two projected empirical measures is exact, for any sample sizes ``N`` and ``M`` (the
+    quantile functions are matched on the ``N + M - 1`` intervals between their jumps). In 1-D
+    there is nothing to slice: the result is the exact ``W_p`` (no randomness, ``generator``
+    unused), equal to ``scipy.stats.wasserstein_distance`` for ``p = 1``. For two Gaussians
     ``N(a, s^2 I_d)``, ``N(b, r^2 I_d)``: ``SW_2^2 = |a - b|^2 / d + (s - r)^2``.
 
     x: ``(N,)`` or ``(N, d)``; y: ``(M,)`` or ``(M, d)``, same ``d``; ``p >= 1``;

@@ -21,7 +21,8 @@ def _gen(seed):
 
 def _abs_normal_mean(m, s):
     """E|Z| for Z ~ N(m, s^2)."""
-    return s * math.sqrt(2 / math.pi) * math.exp(-m * m / (2 * s * s)) + m * (1 - 2 * st.norm.cdf(-m / s))
+    return (s * math.sqrt(2 / math.pi) * math.exp(-m * m / (2 * s * s))
+            + m * (1 - 2 * st.norm.cdf(-m / s)))
 
 
 # ----------------------------------------------------------------- energy distance
@@ -262,8 +263,8 @@ def test_phase_members_are_the_networks_trained_one_by_one(phase_result):
                                                    (net.W1, net.b, net.W2)))
     e = float(dsm.excess_risk(net64, x, mu, sigma, num_nodes=cfg.quadrature_nodes))
     assert res["excess_decay"][1, 1, t, s] == pytest.approx(e, rel=1e-10)
-    assert res["tv_decay"][1, 1, t, s] == pytest.approx(float(dsm.weighted_tv(net64, x, mu, sigma)),
-                                                        rel=1e-10)
+    tv = float(dsm.weighted_tv(net64, x, mu, sigma))
+    assert res["tv_decay"][1, 1, t, s] == pytest.approx(tv, rel=1e-10)
 
 
 def test_phase_references(phase_result):

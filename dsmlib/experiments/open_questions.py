@@ -1,4 +1,4 @@
-r"""The paper's open questions, measured on its toy models (the chapter "The open questions, measured").
+r"""The paper's open questions, measured on its toy models ("The open questions, measured").
 
 Two experiments of the book's own (not the paper's), each with a driver, a ``"book"`` preset that
 the chapter runs live and a ``"paper"`` preset, the full resolution saved in ``results/`` (the name
@@ -105,7 +105,8 @@ class PhaseConfig:
         for name in ("batch_size", "width", "decay_steps", "quadrature_nodes", "tv_grid"):
             _positive_int(getattr(self, name), name)
         if not self.decay or any(not f > 1 for f in self.decay):
-            raise ValueError(f"decay must be a non-empty tuple of divisors > 1, got {self.decay!r}")
+            raise ValueError(f"decay must be a non-empty tuple of divisors > 1, "
+                             f"got {self.decay!r}")
         if not 0 < self.average_fraction < 1:
             raise ValueError(f"average_fraction must lie in (0, 1), got {self.average_fraction!r}")
 
@@ -121,8 +122,9 @@ class PhaseConfig:
         if scale == "paper":
             return cls()
         if scale == "book":
-            return cls(scale="book", ns=(10,), times=(0.05, 0.2, 0.5), lrs=(0.02, 0.08, 0.32, 0.64),
-                       flow_time=156.25, seeds=(0, 1, 2), decay_steps=500)
+            return cls(scale="book", ns=(10,), times=(0.05, 0.2, 0.5),
+                       lrs=(0.02, 0.08, 0.32, 1.28), flow_time=156.25, seeds=(0, 1, 2),
+                       decay_steps=500)
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
 
 
@@ -498,7 +500,8 @@ def true_variance(data_std: float, t: float) -> float:
 
 
 def _true_score(data_std):
-    """The exact score of N(0, data_std^2 I) pushed to time t: ``-y / (data_std^2 mu^2 + sigma^2)``."""
+    """The exact score of N(0, data_std^2 I) pushed to time t:
+    ``-y / (data_std^2 mu^2 + sigma^2)``."""
     def score(y, t):
         return -y / true_variance(data_std, t)
     return score
