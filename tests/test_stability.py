@@ -2,7 +2,10 @@
 
 Oracles (float64): adaptive quadrature (scipy.integrate.quad, split at the kinks) of the same
 integral; central finite differences of the function and of its gradient; the eigenvalues of the
-dense ``torch.func.hessian``; members computed one by one.
+dense ``torch.func.hessian``; members computed one by one. The Gauss-Newton matrix: autograd
+Jacobians of the network at Gauss-Legendre nodes on every segment between kinks (a dense float64
+quadrature, exact up to rounding for the piecewise-polynomial integrand) and the exact Hessian,
+which it must equal outside the within-unit entries that hold the second derivatives of ``s``.
 """
 
 import math
@@ -14,7 +17,8 @@ from scipy.integrate import quad
 
 from dsmlib.networks import TwoLayerScoreNet
 from dsmlib.risk import noise_nodes
-from dsmlib.stability import _lanczos, relu_net_risk, sharpness, stability_threshold
+from dsmlib.stability import (_lanczos, gauss_newton_matrix, gauss_newton_sharpness, relu_net_risk,
+                              sharpness, stability_threshold)
 
 F64 = torch.float64
 # torch.func.hessian calls torch.jit.script internally, which warns on this torch version
@@ -393,3 +397,127 @@ def test_stability_threshold():
         stability_threshold(10.0, 0.1)
     with pytest.raises(ValueError, match="width"):
         stability_threshold(0, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Gauss-Newton part of the Hessian
+# ---------------------------------------------------------------------------------------------
+
+def _gn_quadrature(net, x, mu, sigma, nodes=40):
+    """(2/n) sum_i E[J J^T] with J = autograd Jacobian of s_theta(y) in the trained parameters,
+    by Gauss-Legendre quadrature on each segment between kinks over mu x_i +- 14 sigma."""
+    W1, b, W2 = (p.detach() for p in (net.W1, net.b, net.W2))
+    names = ("W2", "b") if net.fixed_inner else ("W1", "b", "W2")
+    base = {"W1": W1, "b": b, "W2": W2}
+    flat = torch.cat([base[k].reshape(-1) for k in names])
+    shapes = [base[k].shape for k in names]
+
+    def s_of(theta, y):
+        parts, i = dict(base), 0
+        for k, shp in zip(names, shapes):
+            size = math.prod(shp)
+            parts[k] = theta[i:i + size].reshape(shp)
+            i += size
+        return (torch.relu(y[:, None] * parts["W1"][:, 0] + parts["b"]) @ parts["W2"][0]) / W1.shape[0]
+
+    z, wz = np.polynomial.legendre.leggauss(nodes)
+    kinks = (-b / W1[:, 0]).tolist()
+    G = torch.zeros(flat.numel(), flat.numel(), dtype=F64)
+    for xi in x.tolist():
+        c = mu * xi
+        lo, hi = c - 14 * sigma, c + 14 * sigma
+        cuts = sorted([lo, hi] + [k for k in kinks if lo < k < hi])
+        for a_, b_ in zip(cuts[:-1], cuts[1:]):
+            y = torch.tensor((b_ - a_) / 2 * z + (b_ + a_) / 2, dtype=F64)
+            wt = torch.tensor(wz * (b_ - a_) / 2, dtype=F64)
+            dens = torch.exp(-(y - c) ** 2 / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma)
+            J = torch.func.jacrev(s_of)(flat, y)                             # (nodes, P)
+            G += (J.T * (wt * dens)) @ J
+    return 2 * G / len(x)
+
+
+@pytest.mark.parametrize("make", [_theory_net, _experiment_net])
+@pytest.mark.parametrize("mu,sigma", [(0.95, 0.31), (0.999, 0.05)])
+def test_gauss_newton_matches_dense_quadrature(make, mu, sigma):
+    x = _data(5)
+    net = make(7, seed=3)
+    G = gauss_newton_matrix(net, x, mu, sigma)
+    ref = _gn_quadrature(net, x, mu, sigma)
+    assert G.shape == ref.shape == ((14, 14) if net.fixed_inner else (21, 21))
+    torch.testing.assert_close(G, ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
+    torch.testing.assert_close(G, G.T, rtol=0, atol=0)
+    assert float(torch.linalg.eigvalsh(G)[0]) >= -1e-12 * float(torch.linalg.eigvalsh(G)[-1])
+
+
+@pytest.mark.parametrize("make", [_theory_net, _experiment_net])
+def test_gauss_newton_equals_hessian_off_the_within_unit_entries(make):
+    """H - G = (2/n) sum_i E[g_i d^2 s / d theta^2]; d^2 s / d theta_p d theta_q is 0 unless p and q
+    belong to the same unit, and for the theory model the (a_l, a_l) entry is 0 as well."""
+    x, mu, sigma = _data(6), 0.9, 0.4
+    m = 6
+    net = make(m, seed=4)
+    _, H = _dense_top_eig(net, x, mu, sigma)
+    G = gauss_newton_matrix(net, x, mu, sigma)
+    blocks = 2 if net.fixed_inner else 3
+    unit = torch.arange(blocks * m) % m
+    same = unit[:, None] == unit[None, :]
+    if net.fixed_inner:                                       # order (a, b): (a_l, a_l) agrees too
+        same[:m, :m] = False
+    scale = float(H.abs().max())
+    assert float((H - G)[~same].abs().max()) <= 1e-12 * scale
+    assert float((H - G)[same].abs().max()) > 1e-6 * scale    # the residual part is really there
+
+
+def test_gauss_newton_ensemble_per_member_data_and_sharpness():
+    x = _data(5)
+    xs = torch.stack([x, x + 0.3, 2 * x])
+    mu, sigma = 0.9, 0.3
+    ens = _theory_net(6, K=3, seed=5)
+    G = gauss_newton_matrix(ens, x, mu, sigma)
+    Gs = gauss_newton_matrix(ens, xs, mu, sigma)
+    lam = gauss_newton_sharpness(ens, xs, mu, sigma)
+    assert G.shape == Gs.shape == (3, 12, 12) and lam.shape == (3,)
+    for k in range(3):
+        one = ens.member(k)
+        torch.testing.assert_close(G[k], gauss_newton_matrix(one, x, mu, sigma), rtol=1e-13, atol=0)
+        torch.testing.assert_close(Gs[k], gauss_newton_matrix(one, xs[k], mu, sigma), rtol=1e-13,
+                                   atol=0)
+        assert float(lam[k]) == pytest.approx(float(torch.linalg.eigvalsh(Gs[k])[-1]), rel=1e-12)
+    assert gauss_newton_sharpness(ens.member(0), x, mu, sigma).shape == ()
+    # wrt restricts the parameters (outer weights only: (m, m) block of the (a, b) matrix)
+    torch.testing.assert_close(gauss_newton_matrix(ens.member(1), x, mu, sigma, wrt=("W2",)),
+                               G[1, :6, :6], rtol=0, atol=0)
+
+
+def test_gauss_newton_special_units():
+    """w = 0 units are constant: active everywhere if b > 0, never otherwise (no NaN)."""
+    W1 = torch.tensor([[0.0], [0.0], [1.5], [-0.7]], dtype=F64)
+    b = torch.tensor([0.8, -0.2, 0.1, 60.0], dtype=F64)
+    W2 = torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=F64)
+    net = TwoLayerScoreNet.from_parameters(W1, b, W2)
+    x, mu, sigma = _data(4), 0.9, 0.3
+    G = gauss_newton_matrix(net, x, mu, sigma)
+    assert bool(torch.isfinite(G).all())
+    torch.testing.assert_close(G, _gn_quadrature(net, x, mu, sigma), rtol=1e-10, atol=1e-12)
+    m = 4
+    dead = [1, m + 1, 2 * m + 1]                              # w, b, a of the dead unit
+    assert float(G[dead].abs().max()) == 0.0
+    # the always-on unit: d s / d a_0 = b_0 / m everywhere, so G[a_0, a_0] = 2 b_0^2 / m^2
+    assert float(G[2 * m, 2 * m]) == pytest.approx(2 * 0.8 ** 2 / m ** 2, rel=1e-12)
+
+
+def test_gauss_newton_validation():
+    x = _data(4)
+    with pytest.raises(NotImplementedError, match="1-D"):
+        gauss_newton_matrix(TwoLayerScoreNet(3, dim=2), x, 0.9, 0.3)
+    with pytest.raises(ValueError, match="sigma"):
+        gauss_newton_matrix(_theory_net(3), x, 0.9, 0.0)
+    with pytest.raises(ValueError, match="data"):
+        gauss_newton_matrix(_theory_net(3, K=2), torch.zeros(3, 4, dtype=F64), 0.9, 0.3)
+    with pytest.raises(ValueError, match="data"):
+        gauss_newton_matrix(_theory_net(3), torch.tensor([0.0, float("nan")]), 0.9, 0.3)
+    with pytest.raises(ValueError, match="wrt"):
+        gauss_newton_matrix(_theory_net(3), x, 0.9, 0.3, wrt=("W3",))
+    with pytest.raises(TypeError, match="net"):
+        gauss_newton_sharpness("net", x, 0.9, 0.3)
+
