@@ -17,8 +17,8 @@ from scipy.integrate import quad
 
 from dsmlib.networks import TwoLayerScoreNet
 from dsmlib.risk import noise_nodes
-from dsmlib.stability import (_lanczos, gauss_newton_matrix, gauss_newton_sharpness, relu_net_risk,
-                              sharpness, stability_threshold)
+from dsmlib.stability import (_lanczos, full_batch_gd, gauss_newton_matrix, gauss_newton_sharpness,
+                              perturbation_test, relu_net_risk, sharpness, stability_threshold)
 
 F64 = torch.float64
 # torch.func.hessian calls torch.jit.script internally, which warns on this torch version
@@ -520,4 +520,84 @@ def test_gauss_newton_validation():
         gauss_newton_matrix(_theory_net(3), x, 0.9, 0.3, wrt=("W3",))
     with pytest.raises(TypeError, match="net"):
         gauss_newton_sharpness("net", x, 0.9, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# full-batch gradient descent and the perturbation test
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [_theory_net, _experiment_net])
+def test_full_batch_gd_steps_are_exact_gradient_steps(make):
+    x, mu, sigma = _data(5), 0.9, 0.4
+    net = make(6, K=2, seed=7)
+    lr = torch.tensor([0.05, 0.2], dtype=F64)
+    names = ("W2", "b") if net.fixed_inner else ("W1", "b", "W2")
+    manual = {k: getattr(net, k).detach().clone() for k in ("W1", "b", "W2")}
+    for _ in range(3):                                       # three steps by hand, with autograd
+        leaves = {k: v.clone().requires_grad_(k in names) for k, v in manual.items()}
+        R = relu_net_risk(leaves, x, mu, sigma)
+        grads = torch.autograd.grad(R.sum(), [leaves[k] for k in names])
+        for k, g in zip(names, grads):
+            manual[k] = manual[k] - 6 * lr.view(-1, *([1] * (g.dim() - 1))) * g
+        if net.fixed_inner:
+            manual["W2"] = manual["W2"].clamp(-net.bound, net.bound)
+    res = full_batch_gd(net, x, mu, sigma, lr=lr, steps=3, log_every=1)
+    for k in ("W1", "b", "W2"):
+        torch.testing.assert_close(getattr(net, k).detach(), manual[k], rtol=1e-12, atol=1e-14)
+    assert res.risk_history.shape == (4, 2) and res.log_steps.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(res.risk_history[-1], relu_net_risk(net, x, mu, sigma).detach())
+    # an ensemble member is the single net trained alone
+    one = make(6, K=2, seed=7).member(1)
+    full_batch_gd(one, x, mu, sigma, lr=0.2, steps=3)
+    torch.testing.assert_close(one.b.detach(), net.b.detach()[1], rtol=1e-12, atol=1e-14)
+
+
+def test_full_batch_gd_projection_divergence_and_validation():
+    x, mu, sigma = _data(5), 0.9, 0.3
+    net = _theory_net(8, K=2, seed=8)
+    full_batch_gd(net, x, mu, sigma, lr=torch.tensor([0.01, 50.0], dtype=F64), steps=20)
+    assert float(net.W2.detach().abs().max()) == net.bound           # the clamp was active
+    exp = _experiment_net(8, K=2, seed=8)
+    res = full_batch_gd(exp, x, mu, sigma, lr=torch.tensor([0.01, 1e8], dtype=F64), steps=30)
+    assert bool(res.diverged[1]) and not bool(res.diverged[0])
+    assert all(bool(torch.isfinite(p).all()) for p in (exp.W1, exp.b, exp.W2))
+    assert bool(torch.isnan(res.risk_history[-1, 1])) and bool(torch.isfinite(res.risk_history[:, 0]).all())
+    with pytest.raises(ValueError, match="lr"):
+        full_batch_gd(net, x, mu, sigma, lr=[0.1, 0.1, 0.1], steps=2)
+    with pytest.raises(ValueError, match="lr"):
+        full_batch_gd(net, x, mu, sigma, lr=-0.1, steps=2)
+    with pytest.raises(TypeError, match="net"):
+        full_batch_gd((net.W1, net.b, net.W2), x, mu, sigma, lr=0.1, steps=2)
+    with pytest.raises(NotImplementedError, match="1-D"):
+        full_batch_gd(TwoLayerScoreNet(3, dim=2), x, mu, sigma, lr=0.1, steps=2)
+
+
+def test_perturbation_test_separates_stable_from_unstable_learning_rates():
+    """At a point GD has converged to, a push decays (or stays) below 2/(m lambda_max) and grows
+    geometrically above it; the perturbed and the plain run see the same noise."""
+    x, mu, sigma = _data(6), 0.9, 0.4
+    m = 6
+    start = _theory_net(m, seed=9)
+    net = TwoLayerScoreNet.from_parameters(start.W1, start.b, start.W2, fixed_inner=True, bound=1e3)
+    full_batch_gd(net, x, mu, sigma, lr=0.05, steps=3000)
+    edge = 2 / (m * float(sharpness(net, x, mu, sigma, tol=1e-10, iters=60,
+                                        generator=torch.Generator().manual_seed(0))))
+    ens = TwoLayerScoreNet.from_parameters(*(p.detach().expand(2, *p.shape).clone()
+                                             for p in (net.W1, net.b, net.W2)),
+                                           fixed_inner=True, bound=net.bound)
+    res = perturbation_test(ens, x, mu, sigma, lr=torch.tensor([0.5 * edge, 1.5 * edge], dtype=F64),
+                            steps=200, radius=1e-6, full_batch=True,
+                            generator=torch.Generator().manual_seed(1))
+    assert res.distance.shape == (21, 2) and res.steps[-1] == 200
+    assert float(res.distance[0, 0]) == pytest.approx(1e-6, rel=1e-9)
+    ratio = res.distance[-1] / res.distance[0]
+    assert float(ratio[0]) <= 1.0 and float(ratio[1]) > 1e3
+    # SGD with the same noise for both runs: a push of 1e-12 leaves the two risk paths together
+    sgd = perturbation_test(net, x, mu, sigma, lr=0.01, steps=300, radius=1e-12, batch_size=5,
+                            generator=torch.Generator().manual_seed(2))
+    assert sgd.distance.shape == sgd.risk.shape == (21,)
+    torch.testing.assert_close(sgd.risk_perturbed, sgd.risk, rtol=1e-8, atol=0)
+    assert float((sgd.risk - sgd.risk[0]).abs().max()) > 0          # the plain run does move
+    with pytest.raises(ValueError, match="radius"):
+        perturbation_test(net, x, mu, sigma, lr=0.01, steps=10, radius=0.0)
 
