@@ -606,9 +606,10 @@ class PerturbationResult(NamedTuple):
     """What :func:`perturbation_test` returns ((T,) or (T, K) tensors, T recorded times)."""
 
     steps: torch.Tensor       #: (T,) steps completed (0 = just after the perturbation)
-    distance: torch.Tensor    #: (T, K) ||theta'_j - theta_j|| of the perturbed and the plain run
-    risk: torch.Tensor        #: (T, K) exact risk of the plain run
-    risk_perturbed: torch.Tensor  #: (T, K) exact risk of the perturbed run
+    distance: torch.Tensor    #: (T, K) ||theta'_j - theta_j||; inf once either run diverged
+    risk: torch.Tensor        #: (T, K) exact risk of the plain run (NaN once it diverged)
+    risk_perturbed: torch.Tensor  #: (T, K) exact risk of the perturbed run (NaN once it diverged)
+    diverged: torch.Tensor    #: (K,) bool: the plain or the perturbed run diverged
 
 
 def perturbation_test(net, data, mu, sigma, *, lr, steps, radius, record_every=None,
@@ -622,7 +623,9 @@ def perturbation_test(net, data, mu, sigma, *, lr, steps, radius, record_every=N
     ``(I - m eta H_j)`` products of the mini-batch Hessians (to first order): it shrinks or stays
     (flat directions, dead units) near a linearly stable point and grows geometrically near an
     unstable one. ``full_batch=True`` uses :func:`full_batch_gd` (no noise, so ``generator`` only
-    draws ``u``). The theory model's perturbed start is clamped to ``|a_l| <= A`` (so the
+    draws ``u``). A run that diverges (a non-finite loss or parameters beyond ``train_sgd``'s
+    threshold) is frozen by the trainer; it is flagged in ``diverged``, its distance is reported
+    as ``inf`` and its risk as NaN from then on. The theory model's perturbed start is clamped to ``|a_l| <= A`` (so the
     initial distance, ``distance[0]``, can be below ``radius`` at the bound). net: a 1-D
     TwoLayerScoreNet (K members, or one). data: (n,). lr: a number or
     (K,). steps, record_every (default ``ceil(steps / 20)``), batch_size: as in ``train_sgd``.
@@ -657,13 +660,16 @@ def perturbation_test(net, data, mu, sigma, *, lr, steps, radius, record_every=N
     gens = make_generators(seeds + seeds)
     lr2 = torch.cat([eta, eta])
     done, rec_steps, dist, r0, r1 = 0, [], [], [], []
+    gone = torch.zeros(2 * K, dtype=torch.bool)
 
     def record():
         P = [getattr(pair, k).detach().reshape(2 * K, -1) for k in names]
-        diff = torch.cat([p[K:] - p[:K] for p in P], 1)
+        diff = torch.cat([p[K:] - p[:K] for p in P], 1).norm(dim=1)
         R = relu_net_risk(pair, data, mu, sigma).detach()
+        R = torch.where(gone.to(R.device), torch.full_like(R, math.nan), R)
+        either = (gone[:K] | gone[K:]).to(diff.device)
         rec_steps.append(done)
-        dist.append(diff.norm(dim=1))
+        dist.append(torch.where(either, torch.full_like(diff, math.inf), diff))
         r0.append(R[:K])
         r1.append(R[K:])
 
@@ -671,14 +677,16 @@ def perturbation_test(net, data, mu, sigma, *, lr, steps, radius, record_every=N
     while done < steps:
         chunk = min(every, steps - done)
         if full_batch:
-            full_batch_gd(pair, data, mu, sigma, lr=lr2, steps=chunk, log_every=chunk)
+            res = full_batch_gd(pair, data, mu, sigma, lr=lr2, steps=chunk, log_every=chunk)
         else:
-            train_sgd(pair, data, mu, sigma, lr=lr2, steps=chunk, batch_size=batch_size,
-                      generator=gens, progress=False)
+            res = train_sgd(pair, data, mu, sigma, lr=lr2, steps=chunk, batch_size=batch_size,
+                            generator=gens, progress=False)
+        gone |= res.diverged.cpu()
         done += chunk
         record()
     dist, r0, r1 = (torch.stack(v) for v in (dist, r0, r1))
+    diverged = gone[:K] | gone[K:]
     if single:
-        dist, r0, r1 = dist[:, 0], r0[:, 0], r1[:, 0]
-    return PerturbationResult(torch.tensor(rec_steps, dtype=torch.long), dist, r0, r1)
+        dist, r0, r1, diverged = dist[:, 0], r0[:, 0], r1[:, 0], diverged[0]
+    return PerturbationResult(torch.tensor(rec_steps, dtype=torch.long), dist, r0, r1, diverged)
 

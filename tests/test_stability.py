@@ -579,7 +579,7 @@ def test_perturbation_test_separates_stable_from_unstable_learning_rates():
     m = 6
     start = _theory_net(m, seed=9)
     net = TwoLayerScoreNet.from_parameters(start.W1, start.b, start.W2, fixed_inner=True, bound=1e3)
-    full_batch_gd(net, x, mu, sigma, lr=0.05, steps=3000)
+    full_batch_gd(net, x, mu, sigma, lr=0.1, steps=1000)
     edge = 2 / (m * float(sharpness(net, x, mu, sigma, tol=1e-10, iters=60,
                                         generator=torch.Generator().manual_seed(0))))
     ens = TwoLayerScoreNet.from_parameters(*(p.detach().expand(2, *p.shape).clone()
@@ -598,6 +598,12 @@ def test_perturbation_test_separates_stable_from_unstable_learning_rates():
     assert sgd.distance.shape == sgd.risk.shape == (21,)
     torch.testing.assert_close(sgd.risk_perturbed, sgd.risk, rtol=1e-8, atol=0)
     assert float((sgd.risk - sgd.risk[0]).abs().max()) > 0          # the plain run does move
+    assert not bool(sgd.diverged) and not bool(res.diverged.any())
+    # a run that blows up is flagged, not reported as "did not move"
+    exp = TwoLayerScoreNet.from_parameters(net.W1, net.b, net.W2)        # the experiment model
+    boom = perturbation_test(exp, x, mu, sigma, lr=1e7, steps=300, radius=1e-3, batch_size=5,
+                             generator=torch.Generator().manual_seed(3))
+    assert bool(boom.diverged) and boom.distance[-1] == math.inf and bool(torch.isnan(boom.risk[-1]))
     with pytest.raises(ValueError, match="radius"):
         perturbation_test(net, x, mu, sigma, lr=0.01, steps=10, radius=0.0)
 
