@@ -507,24 +507,24 @@ def theorem_checklist(data, mu, sigma, A, *, lr=None, risk=None) -> list:
                      "holds": bool(holds), "used by": used_by})
 
     add("n >= 10", n, 10, n >= 10, "Thm. 4 (proof)")
-    add("sigma <= sigma_1 = mu Delta / 8", sigma, mu * delta / 8.0, sigma <= mu * delta / 8.0,
+    add("sigma <= sigma_1 = mu Delta/8", sigma, mu * delta / 8.0, sigma <= mu * delta / 8.0,
         "Cor. 3, Prop. 7")
     value, holds = tv_lower_bound_condition(x, mu, sigma)
-    add("16 n^3 exp(-mu^2 Delta^2 / (4 sigma^2)) <= 1", value, 1.0, holds, "Thm. 4")
-    add("Delta >= 2 sigma / mu", delta, 2.0 * sigma / mu, delta >= 2.0 * sigma / mu,
+    add("16 n^3 exp(-mu^2 Delta^2/(4 sigma^2)) <= 1", value, 1.0, holds, "Thm. 4")
+    add("Delta >= 2 sigma/mu", delta, 2.0 * sigma / mu, delta >= 2.0 * sigma / mu,
         "Prop. 2, Cor. 3")
     lhs, rhs, holds = sigma2_condition(x, mu, sigma, A)
-    add(f"sigma_2: exp(-mu^2 Delta^2 / (32 sigma^2)) <= ... (A = {A:.3g})", lhs, rhs, holds,
-        "Thm. 8 (R_n(s*) small)")
-    add("sigma <= sigma_3 = 1 / n", sigma, 1.0 / n, sigma <= 1.0 / n, "Thm. 8 (Prop. 7's risk)")
+    add(f"sigma_2: exp(-mu^2 Delta^2/(32 sigma^2)) <= rhs (A = {A:.3g})", lhs, rhs, holds,
+        "Thm. 8 (R_n(s*))")
+    add("sigma <= sigma_3 = 1/n", sigma, 1.0 / n, sigma <= 1.0 / n, "Thm. 8")
     if lr is not None:
         eta = _checks.positive(lr, "lr")
         thr = theorem_lr_threshold(x, mu, sigma)
-        add("eta > 2^12 sigma^2 / (mu n^2 Delta)", eta, thr, eta > thr, "Thm. 8")
+        add("eta > 2^12 sigma^2/(mu n^2 Delta)", eta, thr, eta > thr, "Thm. 8")
     if risk is not None:
         R = _checks.nonnegative(risk, "risk")
-        add("R_n(theta) <= 1 / (16 n sigma^2)", R, 1.0 / (16.0 * n * sigma ** 2),
+        add("R_n(theta) <= 1/(16 n sigma^2)", R, 1.0 / (16.0 * n * sigma ** 2),
             R <= 1.0 / (16.0 * n * sigma ** 2), "Prop. 7")
         lhs, rhs, holds = sigma4_condition(x, mu, sigma, R)
-        add("sigma_4: sqrt(R_n) / 2 <= mu n^2 Delta / (2^13 sigma^2)", lhs, rhs, holds, "Thm. 8")
+        add("sigma_4: sqrt(R_n)/2 <= mu n^2 Delta/(2^13 sigma^2)", lhs, rhs, holds, "Thm. 8")
     return rows

@@ -314,11 +314,11 @@ def test_sigma_conditions_and_checklist_of_the_theorem_regime():
     got = {r["condition"].split(":")[0]: r for r in rows}
     assert len(rows) == 9 and all(set(r) == {"condition", "lhs", "rhs", "holds", "used by"}
                                   for r in rows)
-    assert got["sigma <= sigma_1 = mu Delta / 8"]["rhs"] == pytest.approx(mu / 8)
-    assert got["16 n^3 exp(-mu^2 Delta^2 / (4 sigma^2)) <= 1"]["lhs"] == pytest.approx(
+    assert got["sigma <= sigma_1 = mu Delta/8"]["rhs"] == pytest.approx(mu / 8)
+    assert got["16 n^3 exp(-mu^2 Delta^2/(4 sigma^2)) <= 1"]["lhs"] == pytest.approx(
         16e3 * math.exp(-mu ** 2 / (4 * sigma ** 2)))
-    assert got["eta > 2^12 sigma^2 / (mu n^2 Delta)"]["rhs"] == pytest.approx(0.1025, abs=1e-4)
-    assert got["R_n(theta) <= 1 / (16 n sigma^2)"]["rhs"] == pytest.approx(2.5)
+    assert got["eta > 2^12 sigma^2/(mu n^2 Delta)"]["rhs"] == pytest.approx(0.1025, abs=1e-4)
+    assert got["R_n(theta) <= 1/(16 n sigma^2)"]["rhs"] == pytest.approx(2.5)
     assert [r["holds"] for r in rows] == [True, True, True, True, False, True, True, True, True]
     assert len(theorem_checklist(x, mu, sigma, 400.0)) == 6
     assert prop7_tv_lower_bound(x, mu, sigma) == pytest.approx(19.5, abs=0.01)
