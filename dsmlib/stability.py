@@ -658,10 +658,10 @@ def perturbation_test(net, data, mu, sigma, *, lr, steps, radius, record_every=N
     unstable one. ``full_batch=True`` uses :func:`full_batch_gd` (no noise, so ``generator`` only
     draws ``u``). A run that diverges (a non-finite loss or parameters beyond ``train_sgd``'s
     threshold) is frozen by the trainer; it is flagged in ``diverged``, its distance is reported
-    as ``inf`` and its risk as NaN from then on. The theory model's perturbed start is clamped to ``|a_l| <= A`` (so the
-    initial distance, ``distance[0]``, can be below ``radius`` at the bound). net: a 1-D
-    TwoLayerScoreNet (K members, or one). data: (n,). lr: a number or
-    (K,). steps, record_every (default ``ceil(steps / 20)``), batch_size: as in ``train_sgd``.
+    as ``inf`` and its risk as NaN from then on. The theory model's perturbed start is clamped
+    to ``|a_l| <= A`` (so the initial distance, ``distance[0]``, can be below ``radius`` at the
+    bound). net: a 1-D TwoLayerScoreNet (K members, or one). data: (n,). lr: a number or (K,).
+    steps, record_every (default ``ceil(steps / 20)``), batch_size: as in ``train_sgd``.
     generator: draws ``u`` and the K noise seeds. Returns :class:`PerturbationResult`.
     """
     from .networks import TwoLayerScoreNet, make_generators
