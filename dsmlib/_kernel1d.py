@@ -1,0 +1,223 @@
+r"""Compiled (numba) kernel of the exact 1-D SGD step: whole blocks of steps, member by member.
+
+The same arithmetic as the pure-torch step ``dsmlib._steps._Sorted1D`` (see its docstring),
+written as scalar loops that numba compiles. It reproduces that step bit for bit on the CPU, in
+float32 and float64, because every operation is the same IEEE operation in the same order:
+
+* torch fuses some of its elementwise operations on the CPU: ``torch.add(x, y, alpha=c)`` is
+  ``fma(y, c, x)`` and ``torch.addcmul(x, y, z, value=v)`` is ``fma(v y, z, x)`` wherever the
+  CPU has FMA (its vectorised and scalar loops alike). :func:`torch_fuses` measures this once per
+  dtype, and the kernel fuses exactly those operations (LLVM's ``llvm.fma``); numba itself never
+  contracts ``a * b + c`` (no fastmath). Where torch fuses some elements and not others the
+  kernel is not used (:func:`available`);
+* ``torch.cumsum`` accumulates float32 in float64 and rounds each prefix, as the cumulative sums
+  below do (their accumulator is float64 for both dtypes);
+* the forward buckets are summed in the torch step's order: four interleaved copies (unit ``l``
+  into copy ``l % 4``, units in increasing order), combined as ``(c0 + c2) + (c1 + c3)``;
+  empty buckets, which only add +0.0, are left out;
+* the batch is sorted, and the residual norm (the loss) computed, by the same NumPy/torch calls
+  outside the kernel (``rbuf`` hands the residuals back).
+
+One call runs ``S`` steps of every member of a chunk, one member after the other (its parameters
+stay in the core's cache), and adds the iterates to the tail-average sums. It holds no GIL
+(``nogil``), so threads run chunks in parallel. Compiled on first use (a few seconds) and cached
+on disk by numba (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import torch
+
+try:                                    # numba is optional: the pure-torch step is the fallback
+    import numba
+    from numba.extending import intrinsic as _intrinsic
+except ImportError:                     # pragma: no cover - exercised where numba is absent
+    numba = None
+
+__all__ = ["available", "torch_fuses", "run_block"]
+
+
+def available():
+    """True when numba is importable, ``DSMLIB_NO_NUMBA`` is unset (or ``0``), and torch's fused
+    operations are reproducible here (:func:`torch_fuses` is not None for both dtypes)."""
+    if numba is None or os.environ.get("DSMLIB_NO_NUMBA", "") not in ("", "0"):
+        return False
+    return all(torch_fuses(dt) is not None for dt in (torch.float32, torch.float64))
+
+
+@functools.lru_cache(maxsize=None)
+def torch_fuses(dtype):
+    """(add, addcmul): whether ``torch.add(x, y, alpha=c)`` and ``torch.addcmul(x, y, z, value=v)``
+    round once (fused multiply-add) on this CPU for ``dtype``; None if only some elements are.
+
+    Probed on inputs where the two differ: (1 + e)(1 - e) - 1 = -e^2 exactly, while the rounded
+    product is 1. 37 elements cover torch's vectorised loop and its scalar tail.
+    """
+    e = 2.0 ** -13 if dtype == torch.float32 else 2.0 ** -30
+    one = torch.ones(37, dtype=dtype)
+    x, y = one + e, one - e
+    outs = (torch.add(-one, x, alpha=float(y[0])),
+            torch.addcmul(-one, x, y), torch.addcmul(-one, -x, y, value=-1))
+    flags = []
+    for out in outs:
+        fused = out == -(e * e)
+        if bool(fused.all()):
+            flags.append(True)
+        elif bool((out == 0).all()):
+            flags.append(False)
+        else:
+            return None
+    if flags[1] != flags[2]:
+        return None
+    return flags[0], flags[1]
+
+
+if numba is not None:
+
+    @_intrinsic
+    def _fma(typingctx, x, y, z):
+        """x * y + z with one rounding (LLVM's llvm.fma), for three floats of one type."""
+        if not (isinstance(x, numba.types.Float) and x == y == z):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.fma(*args)
+
+        return x(x, y, z), codegen
+
+    @numba.njit(inline="always")
+    def _madd(x, y, z, fused):
+        """x * y + z, fused (one rounding) or not (two), as torch computes it."""
+        if fused:
+            return _fma(x, y, z)
+        return x * y + z
+
+    @numba.njit(nogil=True, cache=True)
+    def run_block(P, f, neg_fixed, fixed_inner, fused, consts, us, tz, rbuf, avg, avg_start):
+        """Run ``S`` SGD steps of ``Kc`` members in place.
+
+        P: (Kc, 3, m) parameters (rows w, b, a), float32 or float64, updated in place.
+        f: (Kc,) step factors ``2 c lr`` (dtype of P). neg_fixed: (Kc, m) bool, ``w < 0`` (read
+        only for the theory model, whose w is frozen). fixed_inner: the theory model (b and a
+        move, a is clamped to [-A, A]). fused: (add, addcmul) from :func:`torch_fuses`.
+        consts: (2,) [1/m, A] in P's dtype.
+        us, tz: (Kc, S, B) per step: u = -y sorted ascending, and z / sigma in that order.
+        rbuf: (Kc, S, B) output, the residuals r = s(y) + z / sigma of every step.
+        avg: (Kc, 3 m) float64 tail-average sums; the parameters after step i are added for
+        i >= avg_start (pass avg_start >= S, and any 2-D float64 array, for none).
+        """
+        fuse_add, fuse_mul = fused
+        Kc, _, m = P.shape
+        S, B = us.shape[1], us.shape[2]
+        top = 1
+        while 2 * top < B + 1:
+            top *= 2
+        L, H = 2 * top, B + 1              # padded table: u then +inf (L >= B + 1 slots)
+        G = min(max(8, L // 16), L)         # search: count over pivots, then groups of G
+        NP = L // G - 1                     # pivots table[G - 1], table[2 G - 1], ... (not +inf)
+        inv_m, A = consts[0], consts[1]
+        table = np.empty(L, dtype=P.dtype)
+        table[B:] = np.inf
+        piv = np.empty(max(NP, 1), dtype=P.dtype)
+        cnt = np.empty(m, dtype=np.int32)   # c = #{j : u_j < kappa}
+        idx = np.empty(m, dtype=np.int32)   # c + H [w < 0]
+        kap = np.empty(m, dtype=P.dtype)
+        Ub = np.zeros((4, 2, 2 * H), dtype=P.dtype)    # copy, (a w | a b), idx
+        cum = np.empty((2, 2 * H), dtype=P.dtype)
+        PS = np.empty((2, 2 * H), dtype=P.dtype)       # f (prefix | total - prefix) of (r y, r)
+        pre = np.empty((2, H), dtype=P.dtype)
+        ry = np.empty(B, dtype=P.dtype)
+        for k in range(Kc):
+            w, b, a = P[k, 0], P[k, 1], P[k, 2]
+            fk = f[k]
+            for i in range(S):
+                u, t, r = us[k, i], tz[k, i], rbuf[k, i]
+                table[:B] = u
+                for q in range(NP):
+                    piv[q] = table[(q + 1) * G - 1]
+                Ub[:] = 0
+                # per unit: the kink's position c = #{j : u_j < kappa_l} in the sorted batch, by
+                # a count over the pivots (vectorised over units), then a branch-free binary
+                # search inside the group of G; loops run over all units at each level
+                for l in range(m):
+                    if fixed_inner:
+                        kap[l] = b[l] * w[l]             # b / w for w = +-1
+                    else:
+                        kap[l] = b[l] / w[l]
+                    cnt[l] = 0
+                for q in range(NP):
+                    pq = piv[q]
+                    for l in range(m):
+                        cnt[l] += pq < kap[l]
+                st = G >> 1
+                for l in range(m):
+                    c = cnt[l] * G
+                    cnt[l] = c + st * (table[c + st - 1] < kap[l])
+                st >>= 1
+                while st:
+                    for l in range(m):
+                        c = cnt[l]
+                        cnt[l] = c + st * (table[c + st - 1] < kap[l])
+                    st >>= 1
+                # buckets: (a w, a b) of unit l at idx = c + H [w < 0], in copy l % 4
+                for l in range(m):
+                    wl, al = w[l], a[l]
+                    ng = neg_fixed[k, l] if fixed_inner else wl < 0
+                    q = cnt[l] + H * ng
+                    idx[l] = q
+                    Ub[l & 3, 0, q] += wl * al
+                    Ub[l & 3, 1, q] += b[l] * al
+                for v in range(2):
+                    acc = 0.0                           # float64 (torch's cumsum of float32)
+                    for q in range(2 * H):
+                        acc += (Ub[0, v, q] + Ub[2, v, q]) + (Ub[1, v, q] + Ub[3, v, q])
+                        cum[v, q] = acc
+                # outputs s_j = cw_j y_j + cb_j, coef = cum[negative half] - cum[positive half]
+                for j in range(B):
+                    cw = cum[0, H + j] - cum[0, j]
+                    cb = cum[1, H + j] - cum[1, j]
+                    yj = -u[j]
+                    rj = _madd(_madd(cw, yj, cb, fuse_mul), inv_m, t[j], fuse_add)
+                    r[j] = rj
+                    ry[j] = rj * yj
+                acc0 = 0.0
+                acc1 = 0.0
+                pre[0, 0] = 0
+                pre[1, 0] = 0
+                for j in range(B):
+                    acc0 += ry[j]
+                    acc1 += r[j]
+                    pre[0, j + 1] = acc0
+                    pre[1, j + 1] = acc1
+                for v in range(2):
+                    for j in range(H):
+                        PS[v, j] = pre[v, j] * fk
+                        PS[v, H + j] = (pre[v, B] - pre[v, j]) * fk
+                # update (a last: the others use its old value)
+                for l in range(m):
+                    q = idx[l]
+                    s0, s1 = PS[0, q], PS[1, q]
+                    wl, bl, al = w[l], b[l], a[l]
+                    da = _madd(bl, s1, wl * s0, fuse_mul)
+                    if not fixed_inner:
+                        w[l] = _madd(-al, s0, wl, fuse_mul)
+                    b[l] = _madd(-al, s1, bl, fuse_mul)
+                    an = al - da
+                    if fixed_inner:                      # clamp to [-A, A], NaN stays NaN
+                        if an < -A:
+                            an = -A
+                        elif an > A:
+                            an = A
+                    a[l] = an
+                if i >= avg_start:
+                    for l in range(m):
+                        avg[k, l] += w[l]
+                        avg[k, m + l] += b[l]
+                        avg[k, 2 * m + l] += a[l]
+
+else:                                    # pragma: no cover
+    run_block = None
