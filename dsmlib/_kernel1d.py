@@ -96,7 +96,7 @@ if numba is not None:
             return _fma(x, y, z)
         return x * y + z
 
-    @numba.njit(nogil=True, cache=True)
+    @numba.njit(nogil=True, cache=True, error_model="numpy")   # IEEE division: b / 0 = inf
     def run_block(P, f, neg_fixed, fixed_inner, fused, consts, us, tz, rbuf, avg, avg_start):
         """Run ``S`` SGD steps of ``Kc`` members in place.
 
@@ -123,12 +123,17 @@ if numba is not None:
         table = np.empty(L, dtype=P.dtype)
         table[B:] = np.inf
         piv = np.empty(max(NP, 1), dtype=P.dtype)
-        cnt = np.empty(m, dtype=np.int32)   # c = #{j : u_j < kappa}
-        idx = np.empty(m, dtype=np.int32)   # c + H [w < 0]
+        # indices are unsigned: numba then skips its negative-index wraparound code
+        cnt = np.empty(m, dtype=np.uint32)  # c = #{j : u_j < kappa}
+        idx = np.empty(m, dtype=np.uint32)  # c + H [w < 0]
+        zero, Gu, Hu = np.uint32(0), np.uint32(G), np.uint32(H)
         kap = np.empty(m, dtype=P.dtype)
-        Ub = np.zeros((4, 2, 2 * H), dtype=P.dtype)    # copy, (a w | a b), idx
+        H2u = np.uint32(2 * H)
+        Uw = np.zeros(8 * H, dtype=P.dtype)    # buckets of a w: 4 copies of 2 H (see above)
+        Uv = np.zeros(8 * H, dtype=P.dtype)    # buckets of a b
         cum = np.empty((2, 2 * H), dtype=P.dtype)
-        PS = np.empty((2, 2 * H), dtype=P.dtype)       # f (prefix | total - prefix) of (r y, r)
+        PS0 = np.empty(2 * H, dtype=P.dtype)   # f (prefix | total - prefix) of r y, of r
+        PS1 = np.empty(2 * H, dtype=P.dtype)
         pre = np.empty((2, H), dtype=P.dtype)
         ry = np.empty(B, dtype=P.dtype)
         for k in range(Kc):
@@ -139,7 +144,8 @@ if numba is not None:
                 table[:B] = u
                 for q in range(NP):
                     piv[q] = table[(q + 1) * G - 1]
-                Ub[:] = 0
+                Uw[:] = 0
+                Uv[:] = 0
                 # per unit: the kink's position c = #{j : u_j < kappa_l} in the sorted batch, by
                 # a count over the pivots (vectorised over units), then a branch-free binary
                 # search inside the group of G; loops run over all units at each level
@@ -153,29 +159,36 @@ if numba is not None:
                     pq = piv[q]
                     for l in range(m):
                         cnt[l] += pq < kap[l]
-                st = G >> 1
+                st = G >> 1                             # G >= 2
+                tab, su = table[st - 1:], np.uint32(st)
                 for l in range(m):
-                    c = cnt[l] * G
-                    cnt[l] = c + st * (table[c + st - 1] < kap[l])
+                    c = cnt[l] * Gu
+                    cnt[l] = c + (su if tab[c] < kap[l] else zero)
                 st >>= 1
                 while st:
+                    tab, su = table[st - 1:], np.uint32(st)
                     for l in range(m):
                         c = cnt[l]
-                        cnt[l] = c + st * (table[c + st - 1] < kap[l])
+                        cnt[l] = c + (su if tab[c] < kap[l] else zero)
                     st >>= 1
                 # buckets: (a w, a b) of unit l at idx = c + H [w < 0], in copy l % 4
                 for l in range(m):
                     wl, al = w[l], a[l]
                     ng = neg_fixed[k, l] if fixed_inner else wl < 0
-                    q = cnt[l] + H * ng
+                    q = cnt[l] + (Hu if ng else zero)
                     idx[l] = q
-                    Ub[l & 3, 0, q] += wl * al
-                    Ub[l & 3, 1, q] += b[l] * al
-                for v in range(2):
-                    acc = 0.0                           # float64 (torch's cumsum of float32)
-                    for q in range(2 * H):
-                        acc += (Ub[0, v, q] + Ub[2, v, q]) + (Ub[1, v, q] + Ub[3, v, q])
-                        cum[v, q] = acc
+                    o = q + H2u * np.uint32(l & 3)
+                    Uw[o] += wl * al
+                    Uv[o] += b[l] * al
+                H2 = 2 * H
+                acc = 0.0                               # float64 (torch's cumsum of float32)
+                for q in range(H2):
+                    acc += (Uw[q] + Uw[2 * H2 + q]) + (Uw[H2 + q] + Uw[3 * H2 + q])
+                    cum[0, q] = acc
+                acc = 0.0
+                for q in range(H2):
+                    acc += (Uv[q] + Uv[2 * H2 + q]) + (Uv[H2 + q] + Uv[3 * H2 + q])
+                    cum[1, q] = acc
                 # outputs s_j = cw_j y_j + cb_j, coef = cum[negative half] - cum[positive half]
                 for j in range(B):
                     cw = cum[0, H + j] - cum[0, j]
@@ -193,14 +206,15 @@ if numba is not None:
                     acc1 += r[j]
                     pre[0, j + 1] = acc0
                     pre[1, j + 1] = acc1
-                for v in range(2):
-                    for j in range(H):
-                        PS[v, j] = pre[v, j] * fk
-                        PS[v, H + j] = (pre[v, B] - pre[v, j]) * fk
+                for j in range(H):
+                    PS0[j] = pre[0, j] * fk
+                    PS0[H + j] = (pre[0, B] - pre[0, j]) * fk
+                    PS1[j] = pre[1, j] * fk
+                    PS1[H + j] = (pre[1, B] - pre[1, j]) * fk
                 # update (a last: the others use its old value)
                 for l in range(m):
                     q = idx[l]
-                    s0, s1 = PS[0, q], PS[1, q]
+                    s0, s1 = PS0[q], PS1[q]
                     wl, bl, al = w[l], b[l], a[l]
                     da = _madd(bl, s1, wl * s0, fuse_mul)
                     if not fixed_inner:

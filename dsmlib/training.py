@@ -16,14 +16,20 @@ Iterate averaging: with ``average_last=N`` the trainer also returns the average 
 after each of the last ``N`` steps (Polyak-Ruppert tail averaging), the estimate of the minimum
 around which SGD at a fixed learning rate keeps fluctuating (chapter "What keeps SGD away from s*").
 
-Two exact implementations of the same step, both with hand-written gradients (checked against
-autograd in the tests):
+Three exact implementations of the same step, all with hand-written gradients (checked against
+autograd in the tests; dsmlib/_steps.py):
 
-* **1-D, sorted** (CPU default for ``dim == 1``): no (batch x width) array is ever formed. The batch
+* **1-D, compiled** (CPU default for ``dim == 1`` where numba is installed): the sorted step
+  below as a numba kernel (dsmlib/_kernel1d.py) that runs whole blocks of 256 steps, member after
+  member, on ``torch.get_num_threads()`` threads. It reproduces the pure-torch sorted step bit
+  for bit, in float32 and float64, so results do not depend on whether numba is installed.
+  ``DSMLIB_NO_NUMBA=1`` switches it off.
+* **1-D, sorted** (pure torch; the fallback): no (batch x width) array is ever formed. The batch
   is sorted once; each unit's kink is located among the sorted points by a branch-free binary
   search; the outputs at all points come from a bucketed cumulative sum of the per-unit terms
   ``(a_l w_l, a_l b_l)``, and each unit's gradient from prefix/suffix sums of ``(r_j y_j, r_j)``.
-  Cost ``O(m log B + B log B)`` per member and step.
+  Cost ``O(m log B + B log B)`` per member and step. Large ensembles run in chunks of members
+  below torch's parallel grain.
 * **dense** (``dim > 1``, or any dim off the CPU): batched matrix products ``torch.bmm``.
 
 Randomness: member ``k`` draws its batch indices and noise from its own generator, in blocks of
@@ -186,10 +192,14 @@ def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean
     converge, it fluctuates around a minimum, and the average estimates that minimum.
 
     Returns a :class:`TrainResult`. On KeyboardInterrupt the net keeps the parameters of the last
-    completed step and the interrupt is re-raised (SIGINT is held back during a step).
+    completed block of 256 steps in 1-D on the CPU with numba (the compiled kernel runs whole
+    blocks), of the last completed step otherwise; SIGINT is held back until then, a member left
+    non-finite is restored as for a divergence (the net holds no NaN), and the interrupt is
+    re-raised.
 
     Speed: in 1-D on the CPU an exact O(m log B) step without any (B x m) array (see the module
-    docstring); otherwise batched matrix products. Gradients are written by hand (no autograd).
+    docstring), compiled with numba where it is installed and run on ``torch.get_num_threads()``
+    threads; otherwise batched matrix products. Gradients are written by hand (no autograd).
     See chapter 4, "The model and SGD".
     """
     return _train(net, data, mu, sigma, lr=lr, steps=steps, batch_size=batch_size,
@@ -202,7 +212,7 @@ _REDUCTIONS = ("mean", "sum", "mean_all")
 
 
 def _step_factor(reduction, lr_vec, B, d):
-    """Per-member factor ``f = 2 c lr`` of the packed step (see the comment above ``_Packed``).
+    """Per-member factor ``f = 2 c lr`` of the packed step (see dsmlib/_steps.py).
 
     ``c = 1/B`` for the batch mean, ``1`` for the sum; ``"mean_all"`` is the mean at ``lr / d``.
     Returns ``(f, c)``, ``c`` being the factor that turns the squared residual norm into the
