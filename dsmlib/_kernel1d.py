@@ -15,8 +15,9 @@ float32 and float64, because every operation is the same IEEE operation in the s
 * the forward buckets are summed in the torch step's order: four interleaved copies (unit ``l``
   into copy ``l % 4``, units in increasing order), combined as ``(c0 + c2) + (c1 + c3)``;
   empty buckets, which only add +0.0, are left out;
-* the batch is sorted, and the residual norm (the loss) computed, by the same NumPy/torch calls
-  outside the kernel (``rbuf`` hands the residuals back).
+* the batch is sorted by the same NumPy call (``perm``, which fixes the order of ties), and the
+  residual norm (the loss) computed by the same torch call, outside the kernel (``rbuf`` hands
+  the residuals back).
 
 One call runs ``S`` steps of every member of a chunk, one member after the other (its parameters
 stay in the core's cache), and adds the iterates to the tail-average sums. It holds no GIL
@@ -97,7 +98,8 @@ if numba is not None:
         return x * y + z
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")   # IEEE division: b / 0 = inf
-    def run_block(P, f, neg_fixed, fixed_inner, fused, consts, us, tz, rbuf, avg, avg_start):
+    def run_block(P, f, neg_fixed, fixed_inner, fused, consts, u, perm, z, sigma, rbuf, avg,
+                  avg_start):
         """Run ``S`` SGD steps of ``Kc`` members in place.
 
         P: (Kc, 3, m) parameters (rows w, b, a), float32 or float64, updated in place.
@@ -105,14 +107,16 @@ if numba is not None:
         only for the theory model, whose w is frozen). fixed_inner: the theory model (b and a
         move, a is clamped to [-A, A]). fused: (add, addcmul) from :func:`torch_fuses`.
         consts: (2,) [1/m, A] in P's dtype.
-        us, tz: (Kc, S, B) per step: u = -y sorted ascending, and z / sigma in that order.
-        rbuf: (Kc, S, B) output, the residuals r = s(y) + z / sigma of every step.
+        u: (Kc, S, B) u = -y of every step (S steps), perm: (Kc, S, B) its ascending order
+        (``np.argsort(u, axis=2)``), z: (Kc, >= S, B) the noise, sigma: (Kc,) (dtype of P).
+        rbuf: (Kc, S, B) output, the residuals r = s(y) + z / sigma of every step, in the sorted
+        order.
         avg: (Kc, 3 m) float64 tail-average sums; the parameters after step i are added for
         i >= avg_start (pass avg_start >= S, and any 2-D float64 array, for none).
         """
         fuse_add, fuse_mul = fused
         Kc, _, m = P.shape
-        S, B = us.shape[1], us.shape[2]
+        S, B = u.shape[1], u.shape[2]
         top = 1
         while 2 * top < B + 1:
             top *= 2
@@ -136,12 +140,16 @@ if numba is not None:
         PS1 = np.empty(2 * H, dtype=P.dtype)
         pre = np.empty((2, H), dtype=P.dtype)
         ry = np.empty(B, dtype=P.dtype)
+        t = np.empty(B, dtype=P.dtype)          # z / sigma in the sorted order
         for k in range(Kc):
             w, b, a = P[k, 0], P[k, 1], P[k, 2]
-            fk = f[k]
+            fk, sg = f[k], sigma[k]
             for i in range(S):
-                u, t, r = us[k, i], tz[k, i], rbuf[k, i]
-                table[:B] = u
+                uk, pk, zk, r = u[k, i], perm[k, i], z[k, i], rbuf[k, i]
+                for j in range(B):                      # the batch, sorted
+                    p = np.uint64(pk[j])
+                    table[j] = uk[p]
+                    t[j] = zk[p] / sg
                 for q in range(NP):
                     piv[q] = table[(q + 1) * G - 1]
                 Uw[:] = 0
@@ -193,7 +201,7 @@ if numba is not None:
                 for j in range(B):
                     cw = cum[0, H + j] - cum[0, j]
                     cb = cum[1, H + j] - cum[1, j]
-                    yj = -u[j]
+                    yj = -table[j]
                     rj = _madd(_madd(cw, yj, cb, fuse_mul), inv_m, t[j], fuse_add)
                     r[j] = rj
                     ry[j] = rj * yj

@@ -320,7 +320,7 @@ class _Kernel1D(_Packed):
     """1-D step by the compiled kernel (dsmlib/_kernel1d.py): bit for bit :class:`_Sorted1D`.
 
     A block is split into tasks of at most ``_KERNEL_CHUNK`` members; a task draws its members'
-    random block, sorts it (the NumPy code of :class:`_Sorted1D`), runs all its steps in the
+    random block, orders it (the NumPy code of :func:`sorted_batch`), runs all its steps in the
     kernel and computes the losses from the residuals with torch's own norm. Tasks run on
     ``threads`` threads (the kernel, NumPy's sort and torch's sampling release the GIL); each
     member is computed by exactly one task, so the result does not depend on the threads.
@@ -350,10 +350,13 @@ class _Kernel1D(_Packed):
 
         def task(chunk):
             k0, k1 = chunk
-            u, tz = sorted_batch(*draw(k0, k1, S))
+            xI, z, mu, sigma = draw(k0, k1, S)
+            z = z[..., 0]
+            u = -(mu[..., 0] * xI[..., 0] + sigma[..., 0] * z)      # as in sorted_batch
+            perm = np.argsort(u, axis=2)
             r = np.empty_like(u)
             self.kernel(self.Pn[k0:k1], self.fn[k0:k1], self.neg[k0:k1], self.fixed_inner,
-                        self.fused, self.consts, u, tz, r,
+                        self.fused, self.consts, u, perm, z, sigma.reshape(-1), r,
                         none if sums is None else sums[k0:k1], start)
             loss_blk[:S, k0:k1] = _row_norms(r).T
 

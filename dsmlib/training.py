@@ -117,12 +117,17 @@ def _training_generators(generator, K, single):
 def _draw_block(gens, n, B, d, dtype):
     """Batch indices (K, _BLOCK, B) and noise (K, _BLOCK, B, d) as NumPy arrays; member k draws
     ``randint(0, n, (_BLOCK, B))`` then ``randn(_BLOCK, B, d)`` from generator k."""
-    idx, noise = [], []
-    for g in gens:
-        idx.append(torch.randint(0, n, (_BLOCK, B), generator=g, device=g.device).cpu().numpy())
-        noise.append(torch.randn(_BLOCK, B, d, generator=g, dtype=dtype, device=g.device)
-                     .cpu().numpy())
-    return np.stack(idx), np.stack(noise)
+    K = len(gens)
+    idx = np.empty((K, _BLOCK, B), dtype=np.int64)
+    noise = np.empty((K, _BLOCK, B, d), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    for k, g in enumerate(gens):
+        if g.device.type == "cpu":                            # straight into the block
+            torch.randint(0, n, (_BLOCK, B), generator=g, out=torch.from_numpy(idx[k]))
+            torch.randn(_BLOCK, B, d, generator=g, dtype=dtype, out=torch.from_numpy(noise[k]))
+        else:
+            idx[k] = torch.randint(0, n, (_BLOCK, B), generator=g, device=g.device).cpu()
+            noise[k] = torch.randn(_BLOCK, B, d, generator=g, dtype=dtype, device=g.device).cpu()
+    return idx, noise
 
 
 def _block_source(gens, x, mu, sigma, B, dtype):
