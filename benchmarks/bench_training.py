@@ -3,16 +3,19 @@
 Fig. 1 configuration of the paper: n = 20 points from N(0, I_d), width m = 1000, batch 50,
 t = 0.05 (mu = exp(-t), sigma = sqrt(1 - exp(-2t))), lr = 0.1 (SGD step m * lr), float32.
 
-    python benchmarks/bench_training.py [--members 30 480] [--repeats 3] [--threads N]
-                                        [--dims 1] [--scale 1.0] [--no-jax]
+    python benchmarks/bench_training.py [--members 30 480] [--repeats 3] [--seconds 0.6]
+                                        [--threads N] [--loop-threads 1] [--dims 1] [--no-jax]
 
 Contenders, all in this one process and interleaved (repeat r runs every contender once, then
-repeat r + 1; the table shows medians over the repeats):
+repeat r + 1; the table shows medians over the repeats). Each is warmed up (compiled) and its
+work per timing calibrated to about ``--seconds``, so the run takes about the same time on a
+busy machine as on an idle one (about a minute by default):
 
-* torch loop: one network, autograd, torch.optim.SGD(lr = m * lr), a Python loop over steps;
+* torch loop: one network, autograd, torch.optim.SGD(lr = m * lr), a Python loop over steps
+  (on one thread by default, see ``--loop-threads``);
 * JAX loop: one network, the authors' style: a jitted step (jax.grad of the mini-batch loss, SGD
   update), a Python loop over steps splitting the PRNG key;
-* JAX ensemble: the same step vmapped over K networks, lax.scan over 256 steps per jitted call;
+* JAX ensemble: the same step vmapped over K networks, lax.scan over 64 steps per jitted call;
 * train_sgd: dsmlib's trainer on an ensemble of K (compiled 1-D kernel where numba is installed),
   and its pure-torch path (``DSMLIB_NO_NUMBA=1``) for comparison, d = 1 only.
 
@@ -75,7 +78,7 @@ def torch_loop(data, mu, sigma, steps, seed=1):
 class Jax:
     """The two JAX contenders (float32, CPU), built once per data set."""
 
-    SCAN = 256
+    SCAN = 64
 
     def __init__(self, data, mu, sigma):
         import jax
@@ -158,58 +161,74 @@ def dsm_train(data, mu, sigma, K, steps, torch_path=False, seed=3):
 
 
 # --------------------------------------------------------------------------------- harness
-def _work(n):
-    return max(1, int(round(n)))
+class Contender:
+    """A timed workload: ``run(units)`` does ``units`` units of work and returns the number of
+    network-steps done; ``threads``: torch threads while it runs (None: leave as set)."""
+
+    def __init__(self, label, K, run, threads=None):
+        self.label, self.K, self.run, self.threads = label, K, run, threads
+        self.units = 1
+
+    def __call__(self):
+        old = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            t0 = time.perf_counter()
+            work = self.run(self.units)
+            return work, time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(old)
+
+    def calibrate(self, seconds):
+        """Warm up (compile, allocate), then choose the work of one timing: about ``seconds``."""
+        self()
+        _, dt = self()
+        self.units = max(1, int(seconds / max(dt, 1e-6)))
 
 
-def contenders(d, members, scale, jax_ok):
-    """[(label, K or None, fn() -> network-steps done)] for dimension d."""
+def contenders(d, members, jax_ok, loop_threads):
+    """The contenders for dimension d (see the module docstring)."""
     g = torch.Generator().manual_seed(0)
     data = torch.randn(N_DATA, d, generator=g)
     mu, sigma = dsm.ou_mu(T), dsm.ou_sigma(T)
-    out = [("torch loop (1 net, autograd)", None,
-            functools.partial(torch_loop, data, mu, sigma, _work(600 * scale)))]
+    out = [Contender("torch loop (1 net, autograd)", None,
+                     lambda u: torch_loop(data, mu, sigma, 50 * u), threads=loop_threads)]
     jx = Jax(data, mu, sigma) if jax_ok else None
     if jx is not None:
-        out.append(("JAX loop (1 net, jit step)", None, functools.partial(jx.loop,
-                                                                          _work(1500 * scale))))
+        out.append(Contender("JAX loop (1 net, jit step)", None, lambda u: jx.loop(100 * u)))
     for K in members:
-        per = max(1.0, 30 / K)                               # about the same work for every K
         if jx is not None:
-            out.append(("JAX ensemble (vmap + scan)", K,
-                        functools.partial(jx.ensemble, K, _work(4 * per * scale))))
-        out.append(("train_sgd", K,
-                    functools.partial(dsm_train, data, mu, sigma, K,
-                                      _work(2048 * per * scale / 256) * 256)))
+            out.append(Contender("JAX ensemble (vmap + scan)", K,
+                                 functools.partial(lambda K, u: jx.ensemble(K, u), K)))
+        out.append(Contender("train_sgd", K, functools.partial(
+            lambda K, u: dsm_train(data, mu, sigma, K, 256 * u), K)))
         if d == 1:
-            out.append(("train_sgd, torch path", K,
-                        functools.partial(dsm_train, data, mu, sigma, K,
-                                          _work(768 * per * scale / 256) * 256,
-                                          torch_path=True)))
+            out.append(Contender("train_sgd, torch path", K, functools.partial(
+                lambda K, u: dsm_train(data, mu, sigma, K, 256 * u, torch_path=True), K)))
     return out
 
 
-def measure(entries, repeats):
+def measure(entries, repeats, seconds):
     """Median network-steps/s of each entry, entries interleaved within each repeat."""
-    for _, _, fn in entries:                                 # warm-up: compile, allocate
-        fn()
+    for c in entries:
+        c.calibrate(seconds)
     rates = [[] for _ in entries]
     for _ in range(repeats):
-        for j, (_, _, fn) in enumerate(entries):
-            t0 = time.perf_counter()
-            work = fn()
-            rates[j].append(work / (time.perf_counter() - t0))
+        for j, c in enumerate(entries):
+            work, dt = c()
+            rates[j].append(work / dt)
     return [statistics.median(r) for r in rates]
 
 
 def report(d, entries, rates):
     print(f"\nd = {d}: network-steps per second (median)")
-    width = max(len(label) for label, _, _ in entries) + 8
+    width = max(len(c.label) for c in entries) + 8
     base = {}
-    for (label, K, _), rate in zip(entries, rates):
-        name = label if K is None else f"{label}, K = {K}"
+    for c, rate in zip(entries, rates):
+        name = c.label if c.K is None else f"{c.label}, K = {c.K}"
         print(f"  {name:<{width}} {rate:>12,.0f}")
-        base[(label, K)] = rate
+        base[(c.label, c.K)] = rate
     loop = base.get(("JAX loop (1 net, jit step)", None))
     tloop = base[("torch loop (1 net, autograd)", None)]
     for (label, K), rate in base.items():
@@ -233,9 +252,13 @@ def main(argv=None):
     ap.add_argument("--dims", type=int, nargs="+", default=[1],
                     help="data dimensions (default 1; d > 1 uses the batched-matmul step)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply the work per timing")
+    ap.add_argument("--seconds", type=float, default=0.6,
+                    help="about how long one timing of one contender runs (default 0.6)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for this run (train_sgd's thread count)")
+    ap.add_argument("--loop-threads", type=int, default=1,
+                    help="torch threads of the one-network torch loop (default 1: its operations "
+                         "are too small to gain from threads, and stall on a busy machine)")
     ap.add_argument("--no-jax", action="store_true", help="skip the JAX contenders")
     args = ap.parse_args(argv)
     if args.threads is not None:
@@ -260,8 +283,8 @@ def main(argv=None):
     print("before:", _load())
     t0 = time.perf_counter()
     for d in args.dims:
-        entries = contenders(d, args.members, args.scale, jax_ok)
-        report(d, entries, measure(entries, args.repeats))
+        entries = contenders(d, args.members, jax_ok, args.loop_threads)
+        report(d, entries, measure(entries, args.repeats, args.seconds))
     print(f"\nafter: {_load()}; {time.perf_counter() - t0:.0f} s")
 
 

@@ -336,7 +336,9 @@ class _Kernel1D(_Packed):
         self.neg = self.Pn[:, 0] < 0                     # read by the theory model only
         self.consts = np.array([1.0 / self.m, self.bound if self.fixed_inner else np.inf], dt)
         self.fused = _kernel1d.torch_fuses(self.P.dtype)
-        size = min(_KERNEL_CHUNK, -(-self.K // max(threads, 1)))
+        # tasks: at most _KERNEL_CHUNK members, and about 4 per thread, so that a thread that
+        # the OS holds back on a busy machine delays the block by a small task only
+        size = max(1, min(_KERNEL_CHUNK, -(-self.K // (4 * max(threads, 1)))))
         self.chunks = [(k0, min(k0 + size, self.K)) for k0 in range(0, self.K, size)]
         self.threads = max(1, min(threads, len(self.chunks)))
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
