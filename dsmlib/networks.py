@@ -253,8 +253,11 @@ class TwoLayerScoreNet(nn.Module):
         chunk = max(1, _FORWARD_CHUNK_ELEMENTS // (K * m))
         for start in range(0, N, chunk):
             yc = yy[:, start:start + chunk]                              # (K, n_c, d)
-            h = torch.baddbmm(b.unsqueeze(1), yc, W1.transpose(1, 2))    # (K, n_c, m)
-            out[:, start:start + chunk] = torch.bmm(torch.relu(h), W2.transpose(1, 2))
+            if d == 1:   # an outer product: a broadcast multiply-add beats a matmul of depth 1
+                h = torch.addcmul(b.unsqueeze(1), yc, W1.transpose(1, 2))
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), yc, W1.transpose(1, 2))    # (K, n_c, m)
+            out[:, start:start + chunk] = torch.bmm(h.relu_(), W2.transpose(1, 2))
         return (out / m).reshape(shape)
 
     # ------------------------------------------------------------------ inspection
