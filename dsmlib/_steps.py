@@ -23,12 +23,14 @@ the torch steps stop at a step boundary, the kernel at the end of the block).
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-__all__ = ["choose_method", "make_trainer", "write_back", "sorted_batch", "kernel_available"]
+__all__ = ["choose_method", "make_trainer", "write_back", "sorted_order", "sorted_batch",
+           "kernel_available"]
 
 _GRAIN = 32768       # torch's parallel grain: smaller operations run on the calling thread
 _KERNEL_CHUNK = 16   # members per task of the compiled kernel (their block data stays in cache)
@@ -108,14 +110,20 @@ class _StepLoop(_Packed):
         return S
 
 
-def sorted_batch(xI, z, mu, sigma):
-    """1-D block, sorted: xI, z (K, S, B, 1), mu, sigma (K, 1, 1, 1) NumPy arrays ->
-    u = -y sorted ascending per step, and z / sigma in the same order, each (K, S, B)."""
+def sorted_order(xI, z, mu, sigma):
+    """1-D block: xI, z (K, S, B, 1), mu, sigma (K, 1, 1, 1) NumPy arrays -> u = -y (K, S, B),
+    its ascending order per step ``perm`` (K, S, B) and z (K, S, B). The one sort of both 1-D
+    steps (NumPy's order of ties included)."""
     xI, z, mu, sigma = xI[..., 0], z[..., 0], mu[..., 0], sigma[..., 0]
-    u = -(mu * xI + sigma * z)                            # u = -y, sorted ascending
-    perm = np.argsort(u, axis=2)
+    u = -(mu * xI + sigma * z)
+    return u, np.argsort(u, axis=2), z
+
+
+def sorted_batch(xI, z, mu, sigma):
+    """u = -y sorted ascending per step, and z / sigma in the same order, each (K, S, B)."""
+    u, perm, z = sorted_order(xI, z, mu, sigma)
     u = np.take_along_axis(u, perm, 2)
-    tz = np.take_along_axis(z, perm, 2) / sigma          # r = s(y) + z / sigma
+    tz = np.take_along_axis(z, perm, 2) / sigma[..., 0]   # r = s(y) + z / sigma
     return u, tz
 
 
@@ -320,10 +328,11 @@ class _Kernel1D(_Packed):
     """1-D step by the compiled kernel (dsmlib/_kernel1d.py): bit for bit :class:`_Sorted1D`.
 
     A block is split into tasks of at most ``_KERNEL_CHUNK`` members; a task draws its members'
-    random block, orders it (the NumPy code of :func:`sorted_batch`), runs all its steps in the
+    random block, orders it (:func:`sorted_order`, as the torch step), runs all its steps in the
     kernel and computes the losses from the residuals with torch's own norm. Tasks run on
-    ``threads`` threads (the kernel, NumPy's sort and torch's sampling release the GIL); each
-    member is computed by exactly one task, so the result does not depend on the threads.
+    ``threads`` threads, the calling one included (the kernel, NumPy's sort and torch's sampling
+    release the GIL); each member is computed by exactly one task, so the result does not depend
+    on the threads.
     """
 
     def __init__(self, net, f, batch_size, threads):
@@ -341,7 +350,8 @@ class _Kernel1D(_Packed):
         size = max(1, min(_KERNEL_CHUNK, -(-self.K // (4 * max(threads, 1)))))
         self.chunks = [(k0, min(k0 + size, self.K)) for k0 in range(0, self.K, size)]
         self.threads = max(1, min(threads, len(self.chunks)))
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        # the calling thread works too: threads - 1 helpers
+        self.pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
 
     def run_block(self, draw, S, first, loss_blk, avg, hold):
         """As :meth:`_StepLoop.run_block`, but always the whole block (interrupts are handled
@@ -353,21 +363,32 @@ class _Kernel1D(_Packed):
         def task(chunk):
             k0, k1 = chunk
             xI, z, mu, sigma = draw(k0, k1, S)
-            z = z[..., 0]
-            u = -(mu[..., 0] * xI[..., 0] + sigma[..., 0] * z)      # as in sorted_batch
-            perm = np.argsort(u, axis=2)
+            u, perm, z = sorted_order(xI, z, mu, sigma)
+            z = np.ascontiguousarray(z)            # a short last block: one compiled layout
             r = np.empty_like(u)
             self.kernel(self.Pn[k0:k1], self.fn[k0:k1], self.neg[k0:k1], self.fixed_inner,
                         self.fused, self.consts, u, perm, z, sigma.reshape(-1), r,
                         none if sums is None else sums[k0:k1], start)
             loss_blk[:S, k0:k1] = _row_norms(r).T
 
-        if self.pool is None:
-            for chunk in self.chunks:
+        todo = iter(self.chunks)
+        lock = threading.Lock()
+
+        def drain():                               # take tasks until none is left
+            while True:
+                with lock:
+                    chunk = next(todo, None)
+                if chunk is None:
+                    return
                 task(chunk)
-        else:
-            for _ in self.pool.map(task, self.chunks):
-                pass
+
+        helpers = [] if self.pool is None else \
+            [self.pool.submit(drain) for _ in range(self.threads - 1)]
+        try:
+            drain()
+        finally:
+            for h in helpers:
+                h.result()
         return S
 
     def close(self):
