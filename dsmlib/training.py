@@ -204,7 +204,8 @@ def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean
 
     Speed: in 1-D on the CPU an exact O(m log B) step without any (B x m) array (see the module
     docstring), compiled with numba where it is installed and run on ``torch.get_num_threads()``
-    threads; otherwise batched matrix products. Gradients are written by hand (no autograd).
+    threads (torch's own operations run on one thread meanwhile; the setting is restored);
+    otherwise batched matrix products. Gradients are written by hand (no autograd).
     See chapter 4, "The model and SGD".
     """
     return _train(net, data, mu, sigma, lr=lr, steps=steps, batch_size=batch_size,
@@ -325,7 +326,13 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
         bar = tqdm(total=steps, unit="step", desc=f"SGD x{K}", leave=False)
 
     done = 0
+    threads = torch.get_num_threads()
     try:
+        if method in ("numba", "sorted"):
+            # the 1-D steps' own torch operations (and the bookkeeping below) are small: on one
+            # thread they open no OpenMP region, which stalls on a busy machine (the kernel
+            # runs on its own threads, counted before)
+            torch.set_num_threads(1)
         with torch.no_grad(), _HoldInterrupts() as hold:
             while done < steps:
                 S = min(_BLOCK, steps - done)
@@ -361,6 +368,7 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
             trainer.finish()
             _sanitize(trainer, snap, thr, diverged, div_step, done)
             _write_back(net, trainer)
+        torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
 
