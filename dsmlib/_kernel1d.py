@@ -128,9 +128,9 @@ if numba is not None:
         table[B:] = np.inf
         piv = np.empty(max(NP, 1), dtype=P.dtype)
         # indices are unsigned: numba then skips its negative-index wraparound code
-        cnt = np.empty(m, dtype=np.uint32)  # c = #{j : u_j < kappa}
+        cnt = np.empty(m, dtype=np.uint32)  # c = #{j : u_j < kappa} (while searched)
         idx = np.empty(m, dtype=np.uint32)  # c + H [w < 0]
-        zero, Gu, Hu = np.uint32(0), np.uint32(G), np.uint32(H)
+        zero, one, Gu, Hu = np.uint32(0), np.uint32(1), np.uint32(G), np.uint32(H)
         kap = np.empty(m, dtype=P.dtype)
         H2u = np.uint32(2 * H)
         Uw = np.zeros(8 * H, dtype=P.dtype)    # buckets of a w: 4 copies of 2 H (see above)
@@ -150,40 +150,40 @@ if numba is not None:
                     p = np.uint64(pk[j])
                     table[j] = uk[p]
                     t[j] = zk[p] / sg
+                piv[0] = np.inf                         # (no pivot when G == L)
                 for q in range(NP):
                     piv[q] = table[(q + 1) * G - 1]
                 Uw[:] = 0
                 Uv[:] = 0
                 # per unit: the kink's position c = #{j : u_j < kappa_l} in the sorted batch, by
-                # a count over the pivots (vectorised over units), then a branch-free binary
-                # search inside the group of G; loops run over all units at each level
+                # a count over the pivots (G per pivot below kappa; vectorised over units), then
+                # a branch-free binary search inside the group of G, the last level fused with
+                # the buckets: (a w, a b) of unit l go to idx = c + H [w < 0], in copy l % 4
+                p0 = piv[0]
                 for l in range(m):
                     if fixed_inner:
-                        kap[l] = b[l] * w[l]             # b / w for w = +-1
+                        kl = b[l] * w[l]                 # b / w for w = +-1
                     else:
-                        kap[l] = b[l] / w[l]
-                    cnt[l] = 0
-                for q in range(NP):
+                        kl = b[l] / w[l]
+                    kap[l] = kl
+                    cnt[l] = Gu if p0 < kl else zero
+                for q in range(1, NP):
                     pq = piv[q]
                     for l in range(m):
-                        cnt[l] += pq < kap[l]
-                st = G >> 1                             # G >= 2
-                tab, su = table[st - 1:], np.uint32(st)
-                for l in range(m):
-                    c = cnt[l] * Gu
-                    cnt[l] = c + (su if tab[c] < kap[l] else zero)
-                st >>= 1
-                while st:
+                        cnt[l] += Gu if pq < kap[l] else zero
+                st = G >> 1
+                while st > 1:
                     tab, su = table[st - 1:], np.uint32(st)
                     for l in range(m):
                         c = cnt[l]
                         cnt[l] = c + (su if tab[c] < kap[l] else zero)
                     st >>= 1
-                # buckets: (a w, a b) of unit l at idx = c + H [w < 0], in copy l % 4
                 for l in range(m):
+                    c = cnt[l]
+                    c = c + (one if table[c] < kap[l] else zero)
                     wl, al = w[l], a[l]
                     ng = neg_fixed[k, l] if fixed_inner else wl < 0
-                    q = cnt[l] + (Hu if ng else zero)
+                    q = c + (Hu if ng else zero)
                     idx[l] = q
                     o = q + H2u * np.uint32(l & 3)
                     Uw[o] += wl * al
