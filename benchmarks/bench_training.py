@@ -15,13 +15,16 @@ busy machine as on an idle one (about a minute by default):
   (on one thread by default, see ``--loop-threads``);
 * JAX loop: one network, the authors' style: a jitted step (jax.grad of the mini-batch loss, SGD
   update), a Python loop over steps splitting the PRNG key;
-* JAX ensemble: the same step vmapped over K networks, lax.scan over 64 steps per jitted call;
+* JAX ensemble: the same step vmapped over K networks, lax.scan over 64 steps per jitted call
+  (16 for K > 64);
 * train_sgd: dsmlib's trainer on an ensemble of K (compiled 1-D kernel where numba is installed),
   and its pure-torch path (``DSMLIB_NO_NUMBA=1``) for comparison, d = 1 only.
 
-Unit: network-steps per second of wall time (one network-step = one SGD step of one network).
-The machine's load average is printed before and after: the ratios are measured in one run and
-are the numbers to quote; the absolute numbers fall when other processes share the cores.
+Unit: network-steps per second of wall time (one network-step = one SGD step of one network),
+and in brackets per CPU-second of this process (all its threads: the cost per core, steadier
+when other processes share the cores). The machine's load average is printed before and after:
+the ratios are measured in one run and are the numbers to quote; the absolute numbers fall when
+other processes share the cores, and multi-threaded contenders gain little then.
 
 JAX is a benchmark-only dependency: ``pip install jax==0.10.2 jaxlib==0.10.2`` (CPU); without it
 the JAX rows are skipped with a message. XLA uses all cores; train_sgd uses
@@ -101,16 +104,16 @@ class Jax:
             grads = jax.grad(loss)(params, x[idx], z)
             return jax.tree_util.tree_map(lambda p, g: p - WIDTH * LR * g, params, grads)
 
-        def scan_block(params, keys):
+        def scan_block(params, keys, length):
             def body(carry, _):
                 p, k = carry
                 both = jax.vmap(jax.random.split)(k)          # (K, 2, 2)
                 return (jax.vmap(step)(p, both[:, 1]), both[:, 0]), None
-            (params, keys), _ = jax.lax.scan(body, (params, keys), None, length=self.SCAN)
+            (params, keys), _ = jax.lax.scan(body, (params, keys), None, length=length)
             return params, keys
 
         self.step = jax.jit(step)
-        self.scan_block = jax.jit(scan_block)
+        self.scan_block = jax.jit(scan_block, static_argnums=2)
 
     def params(self, K=None, seed=0):
         jax, jnp = self.jax, self.jnp
@@ -131,12 +134,13 @@ class Jax:
 
     def ensemble(self, K, blocks, seed=2):
         jax = self.jax
+        length = self.SCAN if K <= 64 else self.SCAN // 4
         params = self.params(K, seed)
         keys = jax.random.split(jax.random.PRNGKey(seed), K)
         for _ in range(blocks):
-            params, keys = self.scan_block(params, keys)
+            params, keys = self.scan_block(params, keys, length)
         jax.block_until_ready(params)
-        return K * blocks * self.SCAN
+        return K * blocks * length
 
 
 def dsm_train(data, mu, sigma, K, steps, torch_path=False, seed=3):
@@ -174,16 +178,16 @@ class Contender:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             work = self.run(self.units)
-            return work, time.perf_counter() - t0
+            return work, time.perf_counter() - t0, time.process_time() - c0
         finally:
             torch.set_num_threads(old)
 
     def calibrate(self, seconds):
         """Warm up (compile, allocate), then choose the work of one timing: about ``seconds``."""
         self()
-        _, dt = self()
+        _, dt, _ = self()
         self.units = max(1, int(seconds / max(dt, 1e-6)))
 
 
@@ -210,39 +214,46 @@ def contenders(d, members, jax_ok, loop_threads):
 
 
 def measure(entries, repeats, seconds):
-    """Median network-steps/s of each entry, entries interleaved within each repeat."""
+    """Median network-steps per second of wall time and per CPU-second of this process (all its
+    threads) of each entry, entries interleaved within each repeat."""
     for c in entries:
         c.calibrate(seconds)
-    rates = [[] for _ in entries]
+    wall, cpu = [[] for _ in entries], [[] for _ in entries]
     for _ in range(repeats):
         for j, c in enumerate(entries):
-            work, dt = c()
-            rates[j].append(work / dt)
-    return [statistics.median(r) for r in rates]
+            work, dt, dc = c()
+            wall[j].append(work / dt)
+            cpu[j].append(work / max(dc, 1e-9))
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
 
 
 def report(d, entries, rates):
-    print(f"\nd = {d}: network-steps per second (median)")
+    print(f"\nd = {d}: network-steps per second, median [per CPU-second of the process]")
     width = max(len(c.label) for c in entries) + 8
     base = {}
-    for c, rate in zip(entries, rates):
+    for c, (rate, crate) in zip(entries, rates):
         name = c.label if c.K is None else f"{c.label}, K = {c.K}"
-        print(f"  {name:<{width}} {rate:>12,.0f}")
-        base[(c.label, c.K)] = rate
+        print(f"  {name:<{width}} {rate:>10,.0f}  [{crate:>10,.0f}]")
+        base[(c.label, c.K)] = (rate, crate)
+
+    def ratio(a, b):
+        return f"{a[0] / b[0]:.1f}x [{a[1] / b[1]:.1f}x]"
+
     loop = base.get(("JAX loop (1 net, jit step)", None))
     tloop = base[("torch loop (1 net, autograd)", None)]
+    print("  ratios of wall-time rates [of CPU-time rates]:")
     for (label, K), rate in base.items():
         if label != "train_sgd":
             continue
-        parts = [f"{rate / tloop:.1f}x the torch loop"]
+        parts = [f"torch loop {ratio(rate, tloop)}"]
         if loop is not None:
-            parts.append(f"{rate / loop:.1f}x the JAX loop (target >= 20x)")
-            ens = base.get(("JAX ensemble (vmap + scan)", K))
-            parts.append(f"{rate / ens:.1f}x the JAX ensemble (target >= 5x)")
+            parts.append(f"JAX loop {ratio(rate, loop)} (target >= 20x)")
+            parts.append(f"JAX ensemble {ratio(rate, base[('JAX ensemble (vmap + scan)', K)])} "
+                         f"(target >= 5x)")
         fallback = base.get(("train_sgd, torch path", K))
         if fallback is not None:
-            parts.append(f"{rate / fallback:.1f}x its torch path")
-        print(f"  train_sgd, K = {K}: " + ", ".join(parts))
+            parts.append(f"its torch path {ratio(rate, fallback)}")
+        print(f"  train_sgd, K = {K} vs " + ", ".join(parts))
 
 
 def main(argv=None):

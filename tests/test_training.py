@@ -544,6 +544,24 @@ def _same(a, b):
     return torch.equal(a, b)
 
 
+@needs_numba
+@pytest.mark.parametrize("batch_size, width", [(1, 5), (2, 1), (3, 17), (7, 17), (8, 9),
+                                               (64, 33), (300, 20)])
+def test_kernel_and_torch_path_agree_for_any_batch_and_width(monkeypatch, batch_size, width):
+    """Batch sizes around the search's table sizes (B + 1 a power of two or not, one group or
+    several) and tiny widths: the kernel equals the torch step exactly."""
+    data = torch.randn(6, generator=torch.Generator().manual_seed(3))
+    out = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("DSMLIB_NO_NUMBA", flag)
+        net = TwoLayerScoreNet(width, ensemble=3, generator=make_generators([1, 2, 3]))
+        res = train_sgd(net, data, MU, SIGMA, lr=[0.01, 0.1, 0.3], steps=40,
+                        batch_size=batch_size, generator=make_generators([4, 5, 6]))
+        out.append(_params(net) + [res.loss_history])
+    for got, ref in zip(*out):
+        assert _same(got, ref)
+
+
 def test_torch_path_in_chunks_equals_one_piece(monkeypatch):
     """Large ensembles run the torch step in chunks below torch's parallel grain; the result
     is the same as in one piece."""
