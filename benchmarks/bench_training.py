@@ -3,13 +3,14 @@
 Fig. 1 configuration of the paper: n = 20 points from N(0, I_d), width m = 1000, batch 50,
 t = 0.05 (mu = exp(-t), sigma = sqrt(1 - exp(-2t))), lr = 0.1 (SGD step m * lr), float32.
 
-    python benchmarks/bench_training.py [--members 30 480] [--repeats 3] [--seconds 0.6]
+    python benchmarks/bench_training.py [--members 30 480] [--repeats 3] [--seconds 1.0]
                                         [--threads N] [--loop-threads 1] [--dims 1] [--no-jax]
 
 Contenders, all in this one process and interleaved (repeat r runs every contender once, then
 repeat r + 1; the table shows medians over the repeats). Each is warmed up (compiled) and its
-work per timing calibrated to about ``--seconds``, so the run takes about the same time on a
-busy machine as on an idle one (about a minute by default):
+work per timing calibrated to about ``--seconds`` (long enough that a contender's share of a
+shared CPU evens out), so the run takes about the same time on a busy machine as on an idle one
+(under two minutes by default):
 
 * torch loop: one network, autograd, torch.optim.SGD(lr = m * lr), a Python loop over steps
   (on one thread by default, see ``--loop-threads``);
@@ -228,12 +229,13 @@ def measure(entries, repeats, seconds):
 
 
 def report(d, entries, rates):
-    print(f"\nd = {d}: network-steps per second, median [per CPU-second of the process]")
+    print(f"\nd = {d}: network-steps per second, median [per CPU-second of the process]; "
+          f"cores used = CPU time / wall time")
     width = max(len(c.label) for c in entries) + 8
     base = {}
     for c, (rate, crate) in zip(entries, rates):
         name = c.label if c.K is None else f"{c.label}, K = {c.K}"
-        print(f"  {name:<{width}} {rate:>10,.0f}  [{crate:>10,.0f}]")
+        print(f"  {name:<{width}} {rate:>10,.0f}  [{crate:>10,.0f}]  cores {rate / crate:.2f}")
         base[(c.label, c.K)] = (rate, crate)
 
     def ratio(a, b):
@@ -263,8 +265,8 @@ def main(argv=None):
     ap.add_argument("--dims", type=int, nargs="+", default=[1],
                     help="data dimensions (default 1; d > 1 uses the batched-matmul step)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=0.6,
-                    help="about how long one timing of one contender runs (default 0.6)")
+    ap.add_argument("--seconds", type=float, default=1.0,
+                    help="about how long one timing of one contender runs (default 1.0)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for this run (train_sgd's thread count)")
     ap.add_argument("--loop-threads", type=int, default=1,
