@@ -5,6 +5,7 @@ t = 0.05 (mu = exp(-t), sigma = sqrt(1 - exp(-2t))), lr = 0.1 (SGD step m * lr),
 
     python benchmarks/bench_training.py [--members 30 480] [--repeats 3] [--seconds 1.0]
                                         [--threads N] [--loop-threads 1] [--dims 1] [--no-jax]
+                                        [--torch-path-all]
 
 Contenders, all in this one process and interleaved (repeat r runs every contender once, then
 repeat r + 1; the table shows medians over the repeats). Each is warmed up (compiled) and its
@@ -19,7 +20,8 @@ shared CPU evens out), so the run takes about the same time on a busy machine as
 * JAX ensemble: the same step vmapped over K networks, lax.scan over 64 steps per jitted call
   (16 for K > 64);
 * train_sgd: dsmlib's trainer on an ensemble of K (compiled 1-D kernel where numba is installed),
-  and its pure-torch path (``DSMLIB_NO_NUMBA=1``) for comparison, d = 1 only.
+  and its pure-torch path (``DSMLIB_NO_NUMBA=1``) for comparison, d = 1 only, for the first K
+  (``--torch-path-all``: every K).
 
 Unit: network-steps per second of wall time (one network-step = one SGD step of one network),
 and in brackets per CPU-second of this process (all its threads: the cost per core, steadier
@@ -41,7 +43,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 import torch
 
 import dsmlib as dsm
@@ -192,7 +193,7 @@ class Contender:
         self.units = max(1, int(seconds / max(dt, 1e-6)))
 
 
-def contenders(d, members, jax_ok, loop_threads):
+def contenders(d, members, jax_ok, loop_threads, torch_path_all=False):
     """The contenders for dimension d (see the module docstring)."""
     g = torch.Generator().manual_seed(0)
     data = torch.randn(N_DATA, d, generator=g)
@@ -208,7 +209,7 @@ def contenders(d, members, jax_ok, loop_threads):
                                  functools.partial(lambda K, u: jx.ensemble(K, u), K)))
         out.append(Contender("train_sgd", K, functools.partial(
             lambda K, u: dsm_train(data, mu, sigma, K, 256 * u), K)))
-        if d == 1:
+        if d == 1 and (torch_path_all or K == members[0]):
             out.append(Contender("train_sgd, torch path", K, functools.partial(
                 lambda K, u: dsm_train(data, mu, sigma, K, 256 * u, torch_path=True), K)))
     return out
@@ -273,6 +274,8 @@ def main(argv=None):
                     help="torch threads of the one-network torch loop (default 1: its operations "
                          "are too small to gain from threads, and stall on a busy machine)")
     ap.add_argument("--no-jax", action="store_true", help="skip the JAX contenders")
+    ap.add_argument("--torch-path-all", action="store_true",
+                    help="time train_sgd's pure-torch path for every K (default: the first only)")
     args = ap.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -296,7 +299,7 @@ def main(argv=None):
     print("before:", _load())
     t0 = time.perf_counter()
     for d in args.dims:
-        entries = contenders(d, args.members, jax_ok, args.loop_threads)
+        entries = contenders(d, args.members, jax_ok, args.loop_threads, args.torch_path_all)
         report(d, entries, measure(entries, args.repeats, args.seconds))
     print(f"\nafter: {_load()}; {time.perf_counter() - t0:.0f} s")
 

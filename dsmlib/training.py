@@ -51,8 +51,9 @@ import numpy as np
 import torch
 
 from . import _checks
-from ._steps import _Dense, _Sorted1D, choose_method as _choose_method  # noqa: F401
-from ._steps import make_trainer as _make_trainer, write_back as _write_back
+from ._steps import _Sorted1D  # noqa: F401  (the torch 1-D step, as before: training._Sorted1D)
+from ._steps import choose_method as _choose_method, make_trainer as _make_trainer
+from ._steps import write_back as _write_back
 from .networks import TwoLayerScoreNet, _member_generators, make_generators
 
 __all__ = ["train_sgd", "TrainResult"]
