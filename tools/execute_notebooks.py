@@ -36,7 +36,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from booktoc import ROOT, toc_notebooks  # noqa: E402
+from booktoc import ROOT, colab_install_cell, toc_notebooks  # noqa: E402
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
@@ -153,9 +153,17 @@ def _stable_ids(nb, key: str):
 # --------------------------------------------------------------------------- execute / check
 
 
+def _sync_colab_cell(nb) -> None:
+    """Rewrite the Colab install cell (the first code cell) from _config.yml's repository url."""
+    first = next((c for c in nb.cells if c.cell_type == "code"), None)
+    if first is not None and '"google.colab" in sys.modules' in first.source:
+        first.source = colab_install_cell()
+
+
 def execute(path: Path, timeout: int, kernel: str) -> None:
     """Execute one notebook in place (raises on a cell error or timeout)."""
     nb = nbformat.read(path, as_version=4)
+    _sync_colab_cell(nb)
     client = NotebookClient(
         nb,
         timeout=timeout,
