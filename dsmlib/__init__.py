@@ -18,7 +18,7 @@ from .schedule import ou_mu, ou_sigma, time_from_sigma
 from .optimal import (optimal_score, optimal_score_derivative, posterior_moments,
                       log_mixture_density, naive_optimal_score)
 from .risk import dsm_risk, excess_risk, noise_nodes
-from .networks import TwoLayerScoreNet, make_generators
+from .networks import TwoLayerScoreNet, make_generators, active_fraction
 from .training import train_sgd, TrainResult
 from .stability import relu_net_risk, sharpness, stability_threshold
 from .theory import (min_gap, theorem_lr_threshold, theorem_excess_bound, tv_lower_bound,
@@ -44,7 +44,7 @@ __all__ = [
     "optimal_score", "optimal_score_derivative", "posterior_moments", "log_mixture_density",
     "naive_optimal_score",
     "dsm_risk", "excess_risk", "noise_nodes",
-    "TwoLayerScoreNet", "make_generators", "train_sgd", "TrainResult",
+    "TwoLayerScoreNet", "make_generators", "active_fraction", "train_sgd", "TrainResult",
     "relu_net_risk", "sharpness", "stability_threshold",
     "min_gap", "theorem_lr_threshold", "theorem_excess_bound", "tv_lower_bound",
     "tv_lower_bound_condition", "optimal_risk_bound", "prop2_near_data_bounds",

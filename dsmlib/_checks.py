@@ -28,6 +28,7 @@ __all__ = [
     "points_like",
     "generator_or_none",
     "probability",
+    "is_sequence",
 ]
 
 
@@ -181,3 +182,16 @@ def generator_or_none(generator, name: str = "generator"):
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
     return generator
+
+
+def is_sequence(x) -> bool:
+    """Whether ``x`` holds several values (a list, tuple, array or tensor with more or fewer than
+    one element), as opposed to a single number (a Python number, NumPy scalar, 0-d or
+    one-element array or tensor). Used where an argument may be one value or one per member."""
+    if isinstance(x, (list, tuple)):
+        return True
+    if isinstance(x, torch.Tensor):
+        return x.numel() != 1
+    if isinstance(x, np.ndarray):
+        return x.size != 1
+    return False

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import _checks
 
-__all__ = ["TwoLayerScoreNet", "make_generators"]
+__all__ = ["TwoLayerScoreNet", "make_generators", "active_fraction"]
 
 # Largest (members x points x width) hidden activation built at once by ``forward``.
 _FORWARD_CHUNK_ELEMENTS = 1 << 22
@@ -228,6 +228,38 @@ class TwoLayerScoreNet(nn.Module):
         out = (out / m).reshape(K, *out_shape)
         return out[0] if self.ensemble is None else out
 
+    def forward_members(self, y):
+        """Member ``k`` of an ensemble evaluated at its own points ``y[k]``.
+
+        y: (K, N) for a 1-D net or (K, N, d). Returns a tensor of the same shape:
+        ``out[k] = member_k(y[k])``. (``forward`` evaluates every member at the same points.)
+        Used for per-member data sets, e.g. :func:`dsmlib.excess_risk` with data (K, n).
+        """
+        if self.ensemble is None:
+            raise ValueError("forward_members needs an ensemble net (ensemble=K)")
+        K, d = self.ensemble, self.dim
+        yy = _checks.as_tensor(y, "y", dtype=self.W2.dtype, device=self.W2.device,
+                               allow_empty=True)
+        shape = tuple(yy.shape)
+        if d == 1 and yy.dim() == 2 and shape[0] == K:
+            yy = yy.unsqueeze(-1)
+        if yy.dim() != 3 or yy.shape[0] != K or yy.shape[2] != d:
+            want = f"({K}, N)" if d == 1 else f"({K}, N, {d})"
+            raise ValueError(f"y must have shape {want} (one row of points per member), "
+                             f"got {shape}")
+        W1, b, W2 = self._stacked()
+        m, N = self.width, yy.shape[1]
+        out = yy.new_empty(K, N, d)
+        chunk = max(1, _FORWARD_CHUNK_ELEMENTS // (K * m))
+        for start in range(0, N, chunk):
+            yc = yy[:, start:start + chunk]                              # (K, n_c, d)
+            if d == 1:   # an outer product: a broadcast multiply-add beats a matmul of depth 1
+                h = torch.addcmul(b.unsqueeze(1), yc, W1.transpose(1, 2))
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), yc, W1.transpose(1, 2))    # (K, n_c, m)
+            out[:, start:start + chunk] = torch.bmm(h.relu_(), W2.transpose(1, 2))
+        return (out / m).reshape(shape)
+
     # ------------------------------------------------------------------ inspection
     def kinks(self) -> torch.Tensor:
         """Kink locations ``-b_l / w_l`` of a 1-D net: (m,), or (K, m) for an ensemble.
@@ -281,3 +313,35 @@ def _float_dtype(dtype):
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     return dtype
+
+
+def active_fraction(net, data, mu):
+    r"""Fraction of hidden units active somewhere on the convex hull of the noisy data centres.
+
+    A ReLU unit ``w_l . y + b_l`` is linear in ``y``, so its maximum over the hull of the points
+    ``mu x_i`` is reached at one of them: unit l is active on the hull iff
+    ``max_i (w_l . mu x_i + b_l) > 0``. In 1-D the hull is the data range ``[mu x_(1), mu x_(n)]``.
+    A network whose fraction is 0 is *collapsed*: its score is 0 on the whole data range.
+
+    net: a TwoLayerScoreNet (one net or an ensemble of K). data: (n,) or (n, d) shared, or
+    per-member data sets (K, n) [1-D] / (K, n, d) for an ensemble. mu: a number, or (K,) per
+    member. Returns a 0-d tensor (single net) or (K,), in float64.
+    """
+    if not isinstance(net, TwoLayerScoreNet):
+        raise TypeError(f"net must be a TwoLayerScoreNet, got {type(net).__name__}")
+    W1, b, _ = (p.detach().to(torch.float64) for p in net._stacked())   # (K, m, d), (K, m)
+    K, d = W1.shape[0], net.dim
+    x = _checks.as_tensor(data, "data", dtype=torch.float64, device=W1.device)
+    if d == 1 and x.dim() == 2 and x.shape[1] != 1:
+        x = x.unsqueeze(-1)                                              # per member (K, n, 1)
+    if x.dim() <= 2:
+        x = _checks.data_2d(x, "data")[0].expand(K, -1, -1)
+    if x.dim() != 3 or x.shape[0] != K or x.shape[2] != d:
+        raise ValueError(f"data must be (n,) or (n, {d}) shared, or per member ({K}, n)"
+                         f"{'' if d == 1 else f' / ({K}, n, {d})'}; got {tuple(x.shape)}")
+    mu_t = _checks.as_tensor(mu, "mu", dtype=torch.float64, device=W1.device).reshape(-1)
+    if mu_t.numel() not in (1, K) or bool((mu_t <= 0).any()):
+        raise ValueError(f"mu must be a positive number or {K} positive numbers, got {mu!r}")
+    pre = torch.einsum("kmd,knd->knm", W1, mu_t.view(-1, 1, 1) * x) + b[:, None, :]  # (K, n, m)
+    frac = (pre.amax(1) > 0).to(torch.float64).mean(1)
+    return frac[0] if net.ensemble is None else frac

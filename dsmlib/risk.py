@@ -12,6 +12,10 @@ In 1-D the expectation over ``z`` is a deterministic quadrature (trapezoid rule 
 ``num_nodes`` points on ``[-9, 9]`` against the Gaussian density; the mass outside is ~2e-19).
 In ``d > 1`` it is a Monte-Carlo average over ``num_samples`` draws per training point, drawn from
 ``generator``. See chapter 2.
+
+Per-member data: an ensemble of K networks trained on K data sets (``train_sgd`` with data
+``(K, n)``) is evaluated member by member with data ``(K, n)`` (1-D nets) or ``(K, n, d)``, and
+``mu``, ``sigma`` may then be ``(K,)`` (one noise level per member).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks
+from .networks import TwoLayerScoreNet
 from .optimal import optimal_score
 
 __all__ = ["dsm_risk", "excess_risk", "noise_nodes"]
@@ -100,6 +105,113 @@ def _evaluate(fn, y, name):
     return out.to(y.dtype)
 
 
+def _per_member(score_fn, data, mu, sigma):
+    """The per-member layout, or None for shared data and scalar noise levels.
+
+    Per member when ``mu`` or ``sigma`` is a sequence, or ``data`` is (K, n, d), or (K, n) for an
+    ensemble of 1-D TwoLayerScoreNets (for a 1-D net, 2-D data is per-member unless it is (n, 1)).
+    Returns ``(x (K, n, d), mu (K,), sigma (K,), was_1d)``; ``was_1d``: the points handed to the
+    score have no trailing d axis (a 1-D net, or a callable given 1-D data (n,)).
+    """
+    net = score_fn if isinstance(score_fn, TwoLayerScoreNet) else None
+    raw = _checks.as_tensor(data, "data")
+    x = raw.unsqueeze(-1) if net is not None and net.dim == 1 and raw.dim() == 2 \
+        and raw.shape[1] != 1 else raw
+    vector = [v for v in (mu, sigma) if _checks.is_sequence(v)]
+    if x.dim() < 3 and not vector:
+        return None
+    if net is not None and net.ensemble is None:
+        raise ValueError("per-member data or noise levels need an ensemble net (ensemble=K)")
+    if x.dim() < 3:                                   # shared data, per-member noise levels
+        x = _checks.data_2d(x, "data")[0]
+        K = net.ensemble if net is not None else max(
+            _checks.as_tensor(v, "mu or sigma").numel() for v in vector)
+        x = x.expand(K, -1, -1)
+    if x.dim() != 3 or min(x.shape) < 1:
+        raise ValueError(f"per-member data must have shape (K, n) (1-D nets) or (K, n, d), "
+                         f"got {tuple(raw.shape)}")
+    K = x.shape[0]
+    if net is not None and K != net.ensemble:
+        raise ValueError(f"data holds {K} data sets but the net has ensemble={net.ensemble}")
+
+    def per(v, name):
+        t = _checks.as_tensor(v, name, dtype=torch.float64).cpu().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(K)
+        if t.numel() != K:
+            raise ValueError(f"{name} must be a number or {K} values (one per member), "
+                             f"got {t.numel()}")
+        if bool((t <= 0).any()):
+            raise ValueError(f"{name} must be positive")
+        return t
+
+    was_1d = net.dim == 1 if net is not None else raw.dim() == 1
+    return x, per(mu, "mu"), per(sigma, "sigma"), was_1d
+
+
+def _member_points(x, mus, sigmas, *, num_nodes, num_samples, generator):
+    """Per-member noisy points: y, target (K, N) or (K, N, d) and shared weights (N,)."""
+    _checks.generator_or_none(generator)
+    K, n, d = x.shape
+    mu = mus.to(x.dtype).view(K, 1, 1, 1)
+    sigma = sigmas.to(x.dtype).view(K, 1, 1, 1)
+    if d == 1:
+        if num_samples is not None:
+            raise ValueError("num_samples is for d > 1 (Monte Carlo); in 1-D set num_nodes instead")
+        z, w = noise_nodes(1201 if num_nodes is None else num_nodes, dtype=x.dtype, device=x.device)
+        z = z[None, None, :, None].expand(K, n, -1, 1)                        # (K, n, k, 1)
+        w = (w / n).repeat(n)
+    else:
+        if num_nodes is not None:
+            raise ValueError("num_nodes is the 1-D quadrature size; in d > 1 set num_samples instead")
+        k = _checks.integer(5000 if num_samples is None else num_samples, "num_samples", minimum=1)
+        z = torch.randn(K, n, k, d, generator=generator, dtype=x.dtype, device=x.device)
+        w = torch.full((n * k,), 1.0 / (n * k), dtype=x.dtype, device=x.device)
+    y = (mu * x[:, :, None, :] + sigma * z).reshape(K, -1, d)
+    target = (-z / sigma).reshape(K, -1, d)
+    return y, target, w
+
+
+def _member_scores(score_fn, y, x, mus, sigmas, was_1d):
+    """s(y) per member, (K, N, d): member k of a net at y[k], a callable on (K, N[, d]), or s*."""
+    K = y.shape[0]
+    if isinstance(score_fn, str):
+        if score_fn != "optimal":
+            raise ValueError(f'score_fn must be a callable or the string "optimal", got {score_fn!r}')
+        return _member_optimal(y, x, mus, sigmas)
+    if isinstance(score_fn, TwoLayerScoreNet):
+        return score_fn.forward_members(y).to(y.dtype)
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable (y -> score), got {type(score_fn).__name__}")
+    yy = y[..., 0] if was_1d else y
+    out = _evaluate(score_fn, yy, "score_fn")
+    if tuple(out.shape) != tuple(yy.shape):
+        raise ValueError(f"score_fn returned shape {tuple(out.shape)}; with per-member data it must "
+                         f"return {tuple(yy.shape)} (member k's score at y[k])")
+    return out.reshape(K, -1, y.shape[2])
+
+
+def _member_optimal(y, x, mus, sigmas):
+    out = torch.empty_like(y)
+    for k in range(y.shape[0]):
+        out[k] = optimal_score(y[k], x[k], float(mus[k]), float(sigmas[k])).to(y.dtype)
+    return out
+
+
+def _member_risk(score_fn, data, members, *, optimal_reference, num_nodes, num_samples,
+                 generator):
+    x, mus, sigmas, was_1d = members
+    y, target, w = _member_points(x, mus, sigmas, num_nodes=num_nodes, num_samples=num_samples,
+                                  generator=generator)
+    with torch.no_grad():
+        s = _member_scores(score_fn, y, x, mus, sigmas, was_1d)
+        ref = _member_optimal(y, x, mus, sigmas) if optimal_reference else target
+        sq = ((s - ref) ** 2).sum(-1)
+        if not bool(torch.isfinite(sq).all()):
+            raise FloatingPointError("the score function returned NaN or infinite values")
+        return (sq * w).sum(-1)
+
+
 def dsm_risk(score_fn, data, mu, sigma, *, num_nodes=None, num_samples=None, generator=None):
     r"""Denoising score matching risk ``R_n(s)`` at one noise level.
 
@@ -109,8 +221,15 @@ def dsm_risk(score_fn, data, mu, sigma, *, num_nodes=None, num_samples=None, gen
     shape, optionally with leading ensemble axes ``(K, ...)``; or the string ``"optimal"`` for ``s*``.
     data: (n,) or (n, d). 1-D: quadrature with ``num_nodes`` (default 1201), deterministic.
     d > 1: Monte Carlo with ``num_samples`` (default 5000) draws per point from ``generator``.
+    Per-member data (see the module docstring): data ``(K, n)`` for an ensemble of 1-D nets, or
+    ``(K, n, d)``; ``mu``, ``sigma`` numbers or ``(K,)``; member k is evaluated on data set k
+    (a callable then receives ``(K, N)`` or ``(K, N, d)`` and returns member k's score at row k).
     Returns a tensor of shape ``()`` or ``(K,)``.
     """
+    members = _per_member(score_fn, data, mu, sigma)
+    if members is not None:
+        return _member_risk(score_fn, data, members, optimal_reference=False,
+                            num_nodes=num_nodes, num_samples=num_samples, generator=generator)
     fn = _resolve_score(score_fn, data, mu, sigma)
     y, target, w, was_1d, _ = _noisy_points(data, mu, sigma, num_nodes=num_nodes,
                                             num_samples=num_samples, generator=generator)
@@ -123,8 +242,13 @@ def excess_risk(score_fn, data, mu, sigma, *, num_nodes=None, num_samples=None, 
     r"""Excess risk ``R_n(s) - R_n(s*) = (1/n) sum_i E_{Y ~ N(mu x_i, sigma^2 I)} |s(Y) - s*(Y)|^2``.
 
     Same arguments, shapes and conventions as :func:`dsm_risk` (the paper's Fig. 2 uses 5000 noise
-    draws per training point). Returns a tensor of shape ``()`` or ``(K,)``.
+    draws per training point), including per-member data. Returns a tensor of shape ``()`` or
+    ``(K,)``.
     """
+    members = _per_member(score_fn, data, mu, sigma)
+    if members is not None:
+        return _member_risk(score_fn, data, members, optimal_reference=True,
+                            num_nodes=num_nodes, num_samples=num_samples, generator=generator)
     fn = _resolve_score(score_fn, data, mu, sigma)
     y, _, w, was_1d, _ = _noisy_points(data, mu, sigma, num_nodes=num_nodes,
                                        num_samples=num_samples, generator=generator)

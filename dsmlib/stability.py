@@ -117,6 +117,43 @@ def _segments(w, b, a, m, limit):
     return kinks, prefix_suffix(a * w / m), prefix_suffix(a * b / m), order
 
 
+def _risk_inputs(data, mu, sigma, ensemble, dtype, device):
+    """Data and noise levels of :func:`relu_net_risk`: shared ``(x (n,), mu, sigma)`` with float
+    noise levels, or per member ``(x (K, n), mu (K, 1), sigma (K, 1))`` tensors in ``dtype``.
+
+    Per member when data is (K, n) [(K, n, 1) also accepted] or mu / sigma are (K,) sequences;
+    only for an ensemble of K nets. Keeping floats on the shared path keeps its arithmetic (and
+    its results) exactly what they were before per-member data existed.
+    """
+    raw = _checks.as_tensor(data, "data", dtype=dtype, device=device)
+    vector = _checks.is_sequence(mu) or _checks.is_sequence(sigma)
+    per = (raw.dim() == 2 and raw.shape[1] != 1) or raw.dim() == 3 or vector
+    if not per:
+        return (_checks.data_1d(raw, dtype=dtype, device=device),
+                _checks.positive(mu, "mu"), _checks.positive(sigma, "sigma"))
+    if ensemble is None:
+        raise ValueError("per-member data or noise levels need an ensemble of nets (K members)")
+    K = ensemble
+    x = raw[..., 0] if raw.dim() == 3 and raw.shape[2] == 1 else raw
+    if x.dim() == 1:
+        x = x.expand(K, -1)
+    if x.dim() != 2 or x.shape[0] != K or x.shape[1] < 1:
+        raise ValueError(f"data must be (n,) shared or ({K}, n) per member for an ensemble of "
+                         f"{K} one-dimensional nets, got {tuple(raw.shape)}")
+
+    def levels(v, name):
+        t = _checks.as_tensor(v, name, dtype=dtype, device=device).reshape(-1)
+        t = t.expand(K) if t.numel() == 1 else t
+        if t.numel() != K:
+            raise ValueError(f"{name} must be a number or {K} values (one per member), "
+                             f"got {t.numel()}")
+        if bool((t <= 0).any()):
+            raise ValueError(f"{name} must be positive")
+        return t.reshape(K, 1)
+
+    return x, levels(mu, "mu"), levels(sigma, "sigma")
+
+
 def relu_net_risk(net_or_params, data, mu, sigma):
     r"""Exact DSM risk ``R_n(theta)`` of a 1-D two-layer ReLU net, in closed form (paper Sections 3-4).
 
@@ -144,7 +181,8 @@ def relu_net_risk(net_or_params, data, mu, sigma):
     Cost ``O(K n m + K m log m)``.
 
     net_or_params: a TwoLayerScoreNet with ``dim == 1`` or a tuple/dict ``(W1, b, W2)`` of shapes
-    ``(m, 1), (m,), (1, m)`` or ``(K, m, 1), (K, m), (K, 1, m)``. data: (n,) or (n, 1).
+    ``(m, 1), (m,), (1, m)`` or ``(K, m, 1), (K, m), (K, 1, m)``. data: (n,) or (n, 1), or, for
+    an ensemble, per-member data sets (K, n); mu, sigma: numbers, or (K,) per member.
     Returns a 0-d tensor, or ``(K,)`` for an ensemble (member k's risk), differentiable (twice) in
     the parameters.
 
@@ -167,28 +205,28 @@ def relu_net_risk(net_or_params, data, mu, sigma):
     if d != 1:
         raise NotImplementedError(f"relu_net_risk has a closed form for 1-D nets only; got dim = {d}. "
                                   "Use dsm.dsm_risk (quadrature / Monte Carlo) for d > 1.")
-    mu = _checks.positive(mu, "mu")
-    sigma = _checks.positive(sigma, "sigma")
     W1, b, W2 = params
     if ensemble is None:
         W1, b, W2 = W1[None], b[None], W2[None]
     dtype = torch.promote_types(torch.promote_types(W1.dtype, b.dtype), W2.dtype)
-    x = _checks.data_1d(data, dtype=dtype, device=W1.device)                                    # (n,)
+    x, mu, sigma = _risk_inputs(data, mu, sigma, ensemble, dtype, W1.device)
     w, a, b = W1[..., 0].to(dtype), W2[..., 0, :].to(dtype), b.to(dtype)    # (K, m)
-    center = mu * x                                                         # (n,)
+    # shared data: x (n,), mu, sigma floats; per member: x (K, n), mu, sigma (K, 1) tensors
+    center = (mu * x).reshape(-1, x.shape[-1])                              # (1 or K, n)
+    sig3 = sigma if isinstance(sigma, float) else sigma[:, :, None]         # float or (K, 1, 1)
     # kinks beyond 41 sigma of every mu x_i contribute exactly 0 (see _T_CLIP)
-    limit = float(center.abs().max()) + (_T_CLIP + 1.0) * sigma
+    limit = float(center.abs().max()) + (_T_CLIP + 1.0) * float(torch.as_tensor(sigma).max())
     kinks, alpha, beta, order = _segments(w, b, a, m, limit)               # (K, m), (K, m+1) x2
     # |w| as w sign(w) and |t| by torch.where: the double backward of abs() imports torch._dynamo
     # (seconds, once per process); both forms also give |w| zero slope at w = 0, as abs() does
     jump = torch.gather(a * w * torch.sign(w), -1, order) * (sigma / m)    # (K, m), kink order
-    t = ((kinks[:, None, :] - center[None, :, None]) / sigma).clamp(-_T_CLIP, _T_CLIP)  # (K, n, m)
+    t = ((kinks[:, None, :] - center[:, :, None]) / sig3).clamp(-_T_CLIP, _T_CLIP)  # (K, n, m)
     left = t <= 0
     J = left.sum(-1)                                                        # segment holding z = 0
     alpha_J, beta_J = torch.gather(alpha, -1, J), torch.gather(beta, -1, J)   # (K, n)
     base = (alpha_J * center + beta_J) ** 2 + (alpha_J * sigma + 1.0 / sigma) ** 2
     s_kink = alpha[:, 1:] * kinks + beta[:, 1:]                             # s at each kink (K, m)
-    G = s_kink[:, None, :] + t / sigma                                      # g_i at each kink
+    G = s_kink[:, None, :] + t / sig3                                       # g_i at each kink
     Q = ((alpha[:, :-1] + alpha[:, 1:]) * sigma + 2.0 / sigma)[:, None, :]  # (K, 1, m)
     r = torch.where(left, -t, t)
     phi_r, tail = _phi(r), torch.special.ndtr(-r)
@@ -315,7 +353,8 @@ def sharpness(net, data, mu, sigma, *, iters=100, tol=1e-6, init=None, generator
     ``lambda_max``). Compare with :func:`stability_threshold`.
 
     net: a 1-D TwoLayerScoreNet (or tuple ``(W1, b, W2)``, then ``wrt`` defaults to all three).
-    data: (n,). init: warm-start vector, ``(P,)`` or ``(K, P)`` in the layout of the returned
+    data: (n,), or (K, n) per member for an ensemble; mu, sigma: numbers or (K,) per member (as
+    in :func:`relu_net_risk`). init: warm-start vector, ``(P,)`` or ``(K, P)`` in the layout of the returned
     vector: for each member the trained parameters flattened and concatenated in the order above
     (e.g. ``W2`` then ``b`` for the theory model, ``P = 2m``). generator: draws the random start
     vector (and fresh directions if the Krylov space becomes invariant).

@@ -7,8 +7,14 @@ One SGD step on the mini-batch risk (paper Section 4, with the ``m * eta`` scali
     Y_j = mu x_{I_j} + sigma z_j,   I_j ~ Uniform{1..n} (with replacement),   z_j ~ N(0, I_d),
 
 with fresh ``(I_j, z_j)`` at every step. ``reduce`` is the batch **mean** by default (an unbiased
-estimate of ``R_n``, as in the authors' code) or the batch **sum** (as the paper's text writes it);
-with the sum the effective step is ``batch_size`` times larger. Chapter 4 shows the consequence.
+estimate of ``R_n``, as in the authors' code), the batch **sum** (as the paper's text writes it;
+the effective step is then ``batch_size`` times larger, chapter 4 shows the consequence) or, in
+``d`` dimensions, the mean over the batch *and* the ``d`` coordinates (``"mean_all"``, what
+``torch.nn.MSELoss`` computes; its gradient is that of the batch mean divided by ``d``).
+
+Iterate averaging: with ``average_last=N`` the trainer also returns the average of the parameters
+after each of the last ``N`` steps (Polyak-Ruppert tail averaging), the estimate of the minimum
+around which SGD at a fixed learning rate keeps fluctuating (chapter "What keeps SGD away from s*").
 
 Two exact implementations of the same step, both with hand-written gradients (checked against
 autograd in the tests):
@@ -60,6 +66,9 @@ class TrainResult:
         whose loss was non-finite, or of the step where a parameter check failed; -1 if none.
     lr: the learning rate(s) as given (float, or (K,) tensor). steps, reduction: as given.
     seconds: wall-clock time of the call.
+    averaged: with ``average_last=N``, a new network (same shape as ``net``) holding the average
+        of the parameters after each of the last N steps; a diverged member's entry is its frozen
+        parameters. ``None`` without averaging. average_last: N as given (0 without averaging).
     """
 
     net: TwoLayerScoreNet
@@ -71,6 +80,8 @@ class TrainResult:
     steps: int
     reduction: str
     seconds: float
+    averaged: TwoLayerScoreNet | None = None
+    average_last: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +377,7 @@ def _draw_block(gens, n, B, d, dtype):
 
 def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean",
               generator=None, log_every=None, progress=None, diverge_threshold=1e8,
-              device=None) -> TrainResult:
+              device=None, average_last=None) -> TrainResult:
     r"""Train ``net`` in place by SGD on the DSM mini-batch risk (all ensemble members at once).
 
     theta <- theta - m * lr * grad R_hat_j(theta),
@@ -385,8 +396,11 @@ def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean
     per-member values for an ensemble (e.g. several noise levels trained in one call).
     lr: a number, or a (K,) sequence/tensor with one learning rate per member.
     steps: number of SGD steps (>= 0). batch_size: B, points per batch.
-    reduction: ``"mean"`` (default; an unbiased estimate of R_n, as in the authors' code) or
-    ``"sum"`` (as the paper's text writes; the same as ``"mean"`` with ``lr * batch_size``).
+    reduction: ``"mean"`` (default; an unbiased estimate of R_n, as in the authors' code),
+    ``"sum"`` (as the paper's text writes; the same as ``"mean"`` with ``lr * batch_size``) or
+    ``"mean_all"`` (mean over the batch and the d coordinates, as ``torch.nn.MSELoss``; the same
+    as ``"mean"`` with ``lr / d``, and as ``"mean"`` in 1-D). ``loss_history`` is the batch mean
+    of the squared norm for ``"mean"`` and ``"mean_all"``, the batch sum for ``"sum"``.
     generator: ``None``, one ``torch.Generator`` or a list of K generators. With a list, member k
     uses generator k, so member k trained inside the ensemble equals a single net trained with
     that generator (bit for bit in practice; the tests allow 1e-12 in float64). A single
@@ -401,6 +415,10 @@ def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean
     check (checks run every 256 steps) and flagged in ``result.diverged``; the others go on
     unaffected. The net never holds NaN afterwards.
     device: where to train (default: the net's device); the net is moved there in place.
+    average_last: ``None`` or an integer ``N`` with ``0 <= N <= steps``: also return, as
+    ``result.averaged``, the average of the parameters after each of the last N steps (``N = 0``
+    is no averaging). Polyak-Ruppert tail averaging: at a fixed learning rate SGD does not
+    converge, it fluctuates around a minimum, and the average estimates that minimum.
 
     Returns a :class:`TrainResult`. On KeyboardInterrupt the net keeps the parameters of the last
     completed step and the interrupt is re-raised (SIGINT is held back during a step).
@@ -412,7 +430,22 @@ def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean
     return _train(net, data, mu, sigma, lr=lr, steps=steps, batch_size=batch_size,
                   reduction=reduction, generator=generator, log_every=log_every,
                   progress=progress, diverge_threshold=diverge_threshold, device=device,
-                  method="auto")
+                  method="auto", average_last=average_last)
+
+
+_REDUCTIONS = ("mean", "sum", "mean_all")
+
+
+def _step_factor(reduction, lr_vec, B, d):
+    """Per-member factor ``f = 2 c lr`` of the packed step (see the comment above ``_Packed``).
+
+    ``c = 1/B`` for the batch mean, ``1`` for the sum; ``"mean_all"`` is the mean at ``lr / d``.
+    Returns ``(f, c)``, ``c`` being the factor that turns the squared residual norm into the
+    reported loss (the batch mean of ``|r|^2`` for both means).
+    """
+    c = 1.0 if reduction == "sum" else 1.0 / B
+    lr_step = lr_vec / d if reduction == "mean_all" else lr_vec
+    return 2.0 * c * lr_step, c
 
 
 def _validate(net, data, mu, sigma, lr, steps, batch_size, reduction, log_every,
@@ -421,8 +454,8 @@ def _validate(net, data, mu, sigma, lr, steps, batch_size, reduction, log_every,
         raise TypeError(f"net must be a TwoLayerScoreNet, got {type(net).__name__}")
     steps = _checks.integer(steps, "steps", 0)
     batch_size = _checks.integer(batch_size, "batch_size", 1)
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if log_every is None:
         log_every = max(1, math.ceil(steps / 100))
     log_every = _checks.integer(log_every, "log_every", 1)
@@ -477,11 +510,15 @@ def _per_member_positive(v, name, K, single):
 
 
 def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", generator=None,
-           log_every=None, progress=None, diverge_threshold=1e8, device=None, method="auto"):
+           log_every=None, progress=None, diverge_threshold=1e8, device=None, method="auto",
+           average_last=None):
     t0 = time.perf_counter()
     (x, mu, sigma, lr_out, lr_vec, steps, B, log_every, thr, dev) = _validate(
         net, data, mu, sigma, lr, steps, batch_size, reduction, log_every, diverge_threshold,
         device)
+    n_avg = 0 if average_last is None else _checks.integer(average_last, "average_last", 0)
+    if n_avg > steps:
+        raise ValueError(f"average_last must be <= steps = {steps}, got {n_avg}")
     single = net.ensemble is None
     K = 1 if single else net.ensemble
     gens = _training_generators(generator, K, single)
@@ -489,8 +526,8 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
     if net.W2.device != dev:
         net.to(dev)
     dtype = net.W2.dtype
-    c = 1.0 / B if reduction == "mean" else 1.0
-    trainer = _make_trainer(net, 2.0 * c * lr_vec, B, method)
+    f, c = _step_factor(reduction, lr_vec, B, net.dim)
+    trainer = _make_trainer(net, f, B, method)
     n, d = x.shape[-2:]
     # the random block is prepared in NumPy (single-threaded, see _Sorted1D) and then moved
     x_np = x.cpu().numpy()
@@ -501,6 +538,8 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
     diverged = torch.zeros(K, dtype=torch.bool)
     div_step = torch.full((K,), -1, dtype=torch.long)
     snap = trainer.flat().clone()
+    avg_from = steps - n_avg                               # average the iterates after steps > avg_from
+    avg_sum = torch.zeros(K, snap.shape[1], dtype=torch.float64, device=dev) if n_avg else None
     loss_blk = torch.empty(_BLOCK, K, dtype=dtype, device=dev)
     hist, log_at = [], []
     acc, cnt, next_log = torch.zeros(K, dtype=torch.float64), 0, log_every
@@ -519,6 +558,8 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
                 trainer.load_block(pick(I[:, :S]), Z[:, :S], mu, sigma)
                 for i in range(S):
                     trainer.step(i, loss_blk[i])
+                    if avg_sum is not None and done + i >= avg_from:
+                        avg_sum.add_(trainer.flat())
                     if hold.pending:
                         done += i + 1
                         raise KeyboardInterrupt
@@ -555,11 +596,30 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
     loss_history = (torch.stack(hist) if hist else torch.empty(0, K, dtype=torch.float64))
     loss_history = loss_history.to(dtype)
     log_steps = torch.tensor(log_at, dtype=torch.long)
+    averaged = None if avg_sum is None else _averaged_net(net, trainer, avg_sum / n_avg, diverged)
     if single:
         loss_history, diverged, div_step = loss_history[:, 0], diverged[0], div_step[0]
     return TrainResult(net=net, loss_history=loss_history, log_steps=log_steps, diverged=diverged,
                        diverged_step=div_step, lr=lr_out, steps=steps, reduction=reduction,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, averaged=averaged, average_last=n_avg)
+
+
+def _averaged_net(net, trainer, mean_flat, diverged):
+    """A network like ``net`` holding the averaged packed parameters ``mean_flat`` (K, P) float64;
+    diverged members get their (frozen, final) parameters instead."""
+    final = trainer.flat()
+    keep = diverged.to(final.device).unsqueeze(1)
+    flat = torch.where(keep, final.to(torch.float64), mean_flat).to(final.dtype)
+    K, d = trainer.K, trainer.d
+    P = flat.view(K, 2 * d + 1, trainer.m)
+    W1, b, W2 = P[:, :d].transpose(1, 2), P[:, d], P[:, d + 1:]
+    if net.fixed_inner:                       # W1 is frozen; the average of clamped values stays
+        W1 = trainer.parameters()[0]          # in [-A, A] up to rounding
+        W2 = W2.clamp(-net.bound, net.bound)
+    if net.ensemble is None:
+        W1, b, W2 = W1[0], b[0], W2[0]
+    return TwoLayerScoreNet.from_parameters(W1, b, W2, fixed_inner=net.fixed_inner,
+                                            bound=net.bound)
 
 
 class _HoldInterrupts:
@@ -638,10 +698,10 @@ def _sgd_step(net, x_batch, noise, mu, sigma, lr, *, reduction="mean", method="a
     if single:
         xb, zb = xb.unsqueeze(0), zb.unsqueeze(0)
     B = xb.shape[1]
-    c = 1.0 / B if reduction == "mean" else 1.0
     _, lr_vec = _lr_vector(lr, K, single)
+    f, c = _step_factor(reduction, lr_vec, B, net.dim)
     method = _choose_method(method, net.dim, net.W2.device)
-    trainer = _make_trainer(net, 2.0 * c * lr_vec, B, method)
+    trainer = _make_trainer(net, f, B, method)
     loss = torch.empty(K, dtype=net.W2.dtype, device=net.W2.device)
     mu, sigma = (_per_member_positive(v, n, K, single).to(xb.dtype).view(K, 1, 1, 1).numpy()
                  for v, n in ((mu, "mu"), (sigma, "sigma")))

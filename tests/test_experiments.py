@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+import dsmlib as dsm
 from dsmlib import experiments as ex
 from dsmlib.io import ResultsError, load_results
 from dsmlib.networks import TwoLayerScoreNet
-from dsmlib.experiments.sweeps import _active_fraction
 
 TINY1 = dict(steps=(30, 30, 30), width=24, grid_points=11, sharpness_iters=5)
 TINY2 = dict(steps=(30, 30, 30, 30), width=24, seeds=(0, 1), sharpness_iters=5)
@@ -102,8 +102,8 @@ def test_active_fraction_counts_units_on_the_hull():
     b = torch.tensor([[-0.5, -3.0, -10.0]], dtype=torch.float64)
     net = TwoLayerScoreNet.from_parameters(W1, b, torch.ones(1, 1, 3, dtype=torch.float64))
     x = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
-    assert float(_active_fraction(net, x, 1.0)[0]) == pytest.approx(1 / 3)
-    assert float(_active_fraction(net, x, 0.4)[0]) == 0.0      # hull [-0.4, 0.4]
+    assert float(dsm.active_fraction(net, x, 1.0)[0]) == pytest.approx(1 / 3)
+    assert float(dsm.active_fraction(net, x, 0.4)[0]) == 0.0      # hull [-0.4, 0.4]
 
 
 def test_fig3_and_fig4_shapes():

@@ -219,3 +219,38 @@ def test_bad_inputs_to_forward_and_member():
         net.member(2)
     with pytest.raises(TypeError, match="k"):
         net.member(1.0)
+
+
+def test_forward_members_evaluates_member_k_at_its_points():
+    g = torch.Generator().manual_seed(0)
+    for d in (1, 3):
+        net = TwoLayerScoreNet(20, d, ensemble=4, generator=make_generators(range(4)),
+                               dtype=torch.float64)
+        y = torch.randn(4, 7, d, generator=g, dtype=torch.float64)
+        yy = y[..., 0] if d == 1 else y
+        out = net.forward_members(yy)
+        assert out.shape == yy.shape
+        for k in range(4):
+            torch.testing.assert_close(out[k], net.member(k)(yy[k]), rtol=1e-14, atol=1e-14)
+    with pytest.raises(ValueError, match="ensemble"):
+        TwoLayerScoreNet(5).forward_members(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"\(4, N\)"):
+        TwoLayerScoreNet(5, ensemble=4).forward_members(torch.zeros(3, 3))
+
+
+def test_active_fraction_shared_and_per_member():
+    import dsmlib as dsm
+    # units: active right of 0.5, active left of -3, never active
+    W1 = torch.tensor([[[1.0], [-1.0], [1.0]]] * 2, dtype=torch.float64)
+    b = torch.tensor([[-0.5, -3.0, -10.0]] * 2, dtype=torch.float64)
+    net = TwoLayerScoreNet.from_parameters(W1, b, torch.ones(2, 1, 3, dtype=torch.float64))
+    x = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    assert dsm.active_fraction(net, x, 1.0).tolist() == pytest.approx([1 / 3, 1 / 3])
+    assert dsm.active_fraction(net, x, 0.4).tolist() == [0.0, 0.0]   # hull [-0.4, 0.4]
+    per = torch.tensor([[-1.0, 1.0], [-4.0, 1.0]], dtype=torch.float64)   # (K, n)
+    assert dsm.active_fraction(net, per, [1.0, 1.0]).tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert float(dsm.active_fraction(net.member(1), x, 1.0)) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="mu"):
+        dsm.active_fraction(net, x, [1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match="net"):
+        dsm.active_fraction("net", x, 1.0)

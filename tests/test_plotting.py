@@ -36,3 +36,24 @@ def test_table_rejects_unknown_names():
         dplt.table([{"a": 1.0}], formats={"b": ".2f"})
     with pytest.raises(ValueError, match="index"):
         dplt.table([{"a": 1.0}], index="b")
+
+
+def test_decomposition_table_and_plot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = {"n": np.array([5.0, 6.0]), "diverged": np.array([1.0, 0.0]),
+             "collapsed": np.array([3.0, 0.0])}
+    for p, v in [("total", [2.0, 0.5]), ("floor", [0.3, 0.3]), ("collapse", [1.5, 0.0]),
+                 ("smoothing", [-0.1, 0.05]), ("noise", [0.3, 0.15])]:
+        parts[p] = np.array(v)
+        parts[p + "_lo"], parts[p + "_hi"] = np.array(v) - 0.1, np.array(v) + 0.1
+    t = dplt.decomposition_table(parts, [0.5, 0.1])
+    assert t.df.loc["0.5", "total"] == "2 \u00b1 0.1"
+    assert t.df.loc["0.5", "collapsed, diverged"] == "3, 1 of 6"
+    fig, ax = plt.subplots()
+    dplt.plot_decomposition(ax, parts, [0.5, 0.1])
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights[0] == -0.1 and 1.5 in heights          # a negative part is drawn below 0
+    plt.close(fig)

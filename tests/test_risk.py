@@ -132,3 +132,74 @@ def test_excess_risk_in_high_dimension():
                          generator=torch.Generator().manual_seed(4))
     # the zero score's excess risk is E|s*|^2 <= E|(mu E[W] - Y)/sigma^2|^2, finite and positive
     assert torch.isfinite(ex) and ex.item() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# per-member data and noise levels (an ensemble trained on K data sets)
+# ---------------------------------------------------------------------------------------------
+
+def _member_setup(d=1):
+    import dsmlib as dsm
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(3, 12, d, generator=g, dtype=torch.float64)
+    net = dsm.TwoLayerScoreNet(30, d, ensemble=3, generator=dsm.make_generators([1, 2, 3]),
+                               dtype=torch.float64)
+    with torch.no_grad():
+        net.b.normal_(generator=g)
+    mus = torch.tensor([0.95, 0.9, 0.8], dtype=torch.float64)
+    return dsm, X, net, mus, (1 - mus ** 2).sqrt()
+
+
+@pytest.mark.parametrize("fn_name", ["excess_risk", "dsm_risk"])
+def test_per_member_risk_equals_member_by_member(fn_name):
+    dsm, X, net, mus, sig = _member_setup()
+    fn = getattr(dsm, fn_name)
+    got = fn(net, X[..., 0], mus, sig)                      # data (K, n) for 1-D nets
+    expect = torch.stack([fn(net.member(k), X[k, :, 0], float(mus[k]), float(sig[k]))
+                          for k in range(3)])
+    torch.testing.assert_close(got, expect, rtol=1e-13, atol=1e-13)
+    # a callable gets (K, N, 1) for data (K, n, 1), and s* per member
+    zero = fn(lambda y: torch.zeros_like(y), X, mus, sig)
+    ref = torch.stack([fn(lambda y: torch.zeros_like(y), X[k, :, 0], float(mus[k]), float(sig[k]))
+                       for k in range(3)])
+    torch.testing.assert_close(zero, ref, rtol=1e-13, atol=1e-13)
+
+
+def test_per_member_optimal_and_shared_data_with_member_noise_levels():
+    dsm, X, net, mus, sig = _member_setup()
+    opt = dsm.dsm_risk("optimal", X, mus, sig)
+    ref = [float(dsm.dsm_risk("optimal", X[k, :, 0], float(mus[k]), float(sig[k])))
+           for k in range(3)]
+    torch.testing.assert_close(opt, torch.tensor(ref, dtype=torch.float64), rtol=1e-13, atol=0)
+    assert float(dsm.excess_risk("optimal", X, mus, sig).abs().max()) == 0.0
+    shared = dsm.excess_risk(net, X[0, :, 0], mus, sig)     # one data set, K noise levels
+    ref = torch.stack([dsm.excess_risk(net.member(k), X[0, :, 0], float(mus[k]), float(sig[k]))
+                       for k in range(3)])
+    torch.testing.assert_close(shared, ref, rtol=1e-13, atol=1e-13)
+
+
+def test_per_member_monte_carlo_in_two_dimensions():
+    dsm, X, net, mus, sig = _member_setup(d=2)
+    got = dsm.excess_risk(net, X, mus, sig, num_samples=200,
+                          generator=torch.Generator().manual_seed(0))
+    z = torch.randn(3, 12, 200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expect = []
+    for k in range(3):                     # oracle: the same draws, evaluated by hand
+        y = (mus[k] * X[k][:, None, :] + sig[k] * z[k]).reshape(-1, 2)
+        diff = net.member(k)(y) - dsm.optimal_score(y, X[k], float(mus[k]), float(sig[k]))
+        expect.append((diff ** 2).sum(-1).mean())
+    torch.testing.assert_close(got, torch.stack(expect).detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_per_member_refusals():
+    dsm, X, net, mus, sig = _member_setup()
+    with pytest.raises(ValueError, match="ensemble"):
+        dsm.excess_risk(net.member(0), X[..., 0], 0.9, 0.4)
+    with pytest.raises(ValueError, match="data sets"):
+        dsm.excess_risk(net, X[:2, :, 0], 0.9, 0.4)
+    with pytest.raises(ValueError, match="mu"):
+        dsm.excess_risk(net, X[..., 0], mus[:2], sig)
+    with pytest.raises(ValueError, match="sigma"):
+        dsm.excess_risk(net, X[..., 0], mus, -sig)
+    with pytest.raises(ValueError, match="score_fn returned shape"):   # (K, N, 1) in, (K, N) out
+        dsm.excess_risk(lambda y: y.sum(-1), X, mus, sig)

@@ -393,3 +393,34 @@ def test_stability_threshold():
         stability_threshold(10.0, 0.1)
     with pytest.raises(ValueError, match="width"):
         stability_threshold(0, 0.1)
+
+
+def test_relu_net_risk_and_sharpness_with_per_member_data():
+    import dsmlib as dsm
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(3, 10, generator=g, dtype=torch.float64)
+    net = dsm.TwoLayerScoreNet(25, ensemble=3, generator=dsm.make_generators([1, 2, 3]),
+                               dtype=torch.float64)
+    with torch.no_grad():
+        net.b.normal_(generator=g)
+    mus = torch.tensor([0.95, 0.9, 0.8], dtype=torch.float64)
+    sig = (1 - mus ** 2).sqrt()
+    risk = dsm.relu_net_risk(net, X, mus, sig)
+    ref = torch.stack([dsm.relu_net_risk(net.member(k), X[k], float(mus[k]), float(sig[k]))
+                       for k in range(3)])
+    torch.testing.assert_close(risk, ref, rtol=1e-14, atol=1e-14)
+    sharp = dsm.sharpness(net, X, mus, sig, generator=torch.Generator().manual_seed(0))
+    for k in range(3):   # oracle: the dense Hessian of member k's exact risk
+        one = net.member(k)
+        theta = torch.cat([p.detach().reshape(-1) for p in (one.W1, one.b, one.W2)])
+        m = one.width
+
+        def f(th):
+            return dsm.relu_net_risk((th[:m, None], th[m:2 * m], th[None, 2 * m:]), X[k],
+                                     float(mus[k]), float(sig[k]))
+        top = torch.linalg.eigvalsh(torch.autograd.functional.hessian(f, theta))[-1]
+        torch.testing.assert_close(sharp[k], top, rtol=1e-5, atol=1e-10)
+    with pytest.raises(ValueError, match="ensemble"):
+        dsm.relu_net_risk(net.member(0), X, 0.9, 0.4)
+    with pytest.raises(ValueError, match="sigma"):
+        dsm.relu_net_risk(net, X, mus, sig[:2])

@@ -46,8 +46,12 @@ def _reference_step(net, xb, zb, lr, reduction="mean"):
     y = MU * xb + SIGMA * zb
     h = torch.relu(torch.einsum("kbd,kmd->kbm", y, W1) + b[:, None, :])
     s = torch.einsum("kbm,kdm->kbd", h, W2) / m
-    per_point = ((s + (y - MU * xb) / SIGMA ** 2) ** 2).sum(-1)
-    loss = per_point.mean(1) if reduction == "mean" else per_point.sum(1)
+    sq = (s + (y - MU * xb) / SIGMA ** 2) ** 2                          # (K, B, d)
+    if reduction == "mean_all":                                          # as torch.nn.MSELoss
+        loss = sq.mean((1, 2))
+    else:
+        per_point = sq.sum(-1)
+        loss = per_point.mean(1) if reduction == "mean" else per_point.sum(1)
     loss.sum().backward()
     new = [p - m * lr * p.grad for p in (W1, b, W2)]
     if net.fixed_inner:
@@ -350,6 +354,9 @@ def test_keyboard_interrupt_leaves_the_last_completed_step(monkeypatch):
     (dict(steps=1.5), TypeError, "steps"),
     (dict(batch_size=0), ValueError, "batch_size"),
     (dict(reduction="avg"), ValueError, "reduction"),
+    (dict(average_last=3), ValueError, "average_last"),
+    (dict(average_last=-1), ValueError, "average_last"),
+    (dict(average_last=1.0), TypeError, "average_last"),
     (dict(log_every=0), ValueError, "log_every"),
     (dict(diverge_threshold=0.0), ValueError, "diverge_threshold"),
     (dict(generator=make_generators([1, 2])), ValueError, "generator"),
@@ -378,3 +385,93 @@ def test_single_net_needs_scalars_and_shared_data():
         train_sgd(TwoLayerScoreNet(4), torch.zeros(3), MU, [SIGMA], lr=0.1, steps=1)
     with pytest.raises(ValueError, match="per-member"):
         train_sgd(TwoLayerScoreNet(4, 2), torch.zeros(1, 3, 2), MU, SIGMA, lr=0.1, steps=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# reduction="mean_all" and iterate averaging
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["dense", "sorted"])
+def test_mean_all_step_matches_autograd_of_mse(method):
+    dim = 3 if method == "dense" else 1
+    net = _net(dim=dim, ensemble=2)
+    xb, zb = _batch(2, 7, dim, 5)
+    expect, loss_ref = _reference_step(net, xb, zb, 0.07, "mean_all")
+    loss = _sgd_step(net, xb, zb, MU, SIGMA, 0.07, reduction="mean_all", method=method)
+    for p, q in zip(_params(net), expect):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    # the reported loss is the batch mean of the squared norm, i.e. d times the MSE
+    torch.testing.assert_close(loss, loss_ref * dim, rtol=1e-12, atol=1e-12)
+
+
+def test_mean_all_is_mean_at_lr_over_d_bit_for_bit():
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    out = []
+    for reduction, lr in [("mean_all", 0.5), ("mean", 0.5 / 3)]:
+        net = TwoLayerScoreNet(30, 3, ensemble=2, generator=make_generators([1, 2]))
+        res = train_sgd(net, x, MU, SIGMA, lr=lr, steps=300, reduction=reduction,
+                        generator=make_generators([3, 4]))
+        out.append((_params(net), res.loss_history))
+    assert all(torch.equal(p, q) for p, q in zip(out[0][0], out[1][0]))
+    assert torch.equal(out[0][1], out[1][1])
+
+
+def test_mean_all_equals_mean_in_one_dimension():
+    x = torch.randn(10, generator=torch.Generator().manual_seed(0))
+    nets = []
+    for reduction in ("mean_all", "mean"):
+        net = TwoLayerScoreNet(16, generator=torch.Generator().manual_seed(1))
+        train_sgd(net, x, MU, SIGMA, lr=0.1, steps=100, reduction=reduction,
+                  generator=torch.Generator().manual_seed(2))
+        nets.append(_params(net))
+    assert all(torch.equal(p, q) for p, q in zip(*nets))
+
+
+@pytest.mark.parametrize("dim, fixed_inner", [(1, False), (1, True), (2, False)])
+def test_tail_average_is_the_mean_of_the_last_iterates(dim, fixed_inner):
+    """Oracle: a run of T steps ends at the parameters after step T of a longer run (the random
+    stream does not depend on the number of steps), so the tail average is the mean of the final
+    parameters of runs of S - N + 1, ..., S steps."""
+    x = torch.randn(12, dim, generator=torch.Generator().manual_seed(0), dtype=F64)
+    S, N = 40, 5
+    kw = dict(fixed_inner=fixed_inner, bound=3.0 if fixed_inner else None)
+
+    def trained(steps, **extra):
+        net = TwoLayerScoreNet(20, dim, ensemble=2, generator=make_generators([1, 2]), dtype=F64,
+                               **kw)
+        res = train_sgd(net, x, MU, SIGMA, lr=[0.2, 0.05], steps=steps,
+                        generator=make_generators([3, 4]), **extra)
+        return net, res
+
+    net, res = trained(S, average_last=N)
+    finals = [_params(trained(T)[0]) for T in range(S - N + 1, S + 1)]
+    expect = [torch.stack(ps).mean(0) for ps in zip(*finals)]
+    for p, q in zip(_params(res.averaged), expect):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    for p, q in zip(_params(net), finals[-1]):                   # the net itself: the last iterate
+        assert torch.equal(p, q)
+    assert res.average_last == N and res.averaged.ensemble == 2
+    assert res.averaged.fixed_inner == fixed_inner
+
+
+def test_tail_average_of_a_single_net_and_of_none():
+    x = torch.randn(10, generator=torch.Generator().manual_seed(0))
+    net = TwoLayerScoreNet(8, generator=torch.Generator().manual_seed(1))
+    res = train_sgd(net, x, MU, SIGMA, lr=0.1, steps=10, average_last=10,
+                    generator=torch.Generator().manual_seed(2))
+    assert res.averaged.ensemble is None and res.averaged.W1.shape == (8, 1)
+    plain = train_sgd(TwoLayerScoreNet(8), x, MU, SIGMA, lr=0.1, steps=3)
+    assert plain.averaged is None and plain.average_last == 0
+    zero = train_sgd(TwoLayerScoreNet(8), x, MU, SIGMA, lr=0.1, steps=3, average_last=0)
+    assert zero.averaged is None
+
+
+def test_tail_average_of_a_diverged_member_is_its_frozen_parameters():
+    x = torch.randn(20, generator=torch.Generator().manual_seed(0))
+    net = TwoLayerScoreNet(50, ensemble=2, generator=make_generators([1, 2]))
+    res = train_sgd(net, x, 0.95, 0.31, lr=[20.0, 0.01], steps=600, average_last=300,
+                    generator=make_generators([3, 4]))
+    assert bool(res.diverged[0]) and not bool(res.diverged[1])
+    for p, q in zip(_params(res.averaged), _params(net)):
+        assert torch.equal(p[0], q[0])
+        assert torch.isfinite(p).all()

@@ -12,6 +12,8 @@ arrays (axes documented in its docstring), the same dict that :func:`run` saves 
            at the end of training vs ``2 / (m eta)`` and the fraction of ReLU units still active
 ``fig3``   d = 2 diffusion with a time-conditioned net: samples and MMDs for a small and a large eta
 ``fig4``   MMD ratio vs dimension d at eta = 0.5
+``mechanism``  the Fig. 2 networks (d = 1) split into collapse, SGD noise and smoothing, with their
+           trajectory along training; ``mechanism2d``: the Fig. 3 networks (d = 2) with controls
 =========  ======================================================================================
 
 Every sweep of learning rates x seeds (x noise levels) is trained as one ensemble per learning
@@ -23,7 +25,8 @@ Command line (``--help`` lists the options)::
 
     python -m dsmlib.experiments fig2 --scale paper --dim 1 --out results/
 
-Modules: ``sweeps`` (Fig. 1-2), ``diffusion`` (Fig. 3-4 and the side experiments), ``runner``
+Modules: ``sweeps`` (Fig. 1-2), ``diffusion`` (Fig. 3-4 and the side experiments), ``decomposition``
+(what keeps SGD away from ``s*``: the ``mechanism`` experiment), ``runner``
 (presets, deviations, result files) and ``__main__`` (the command line). See chapters 8 ("Large
 learning rates memorize less") and 9 ("Higher dimension memorizes less").
 """
@@ -31,6 +34,8 @@ learning rates memorize less") and 9 ("Higher dimension memorizes less").
 from __future__ import annotations
 
 from .diffusion import Fig3Config, Fig4Config, fig3, fig4, jitter_calibration, reduction_check
+from .decomposition import (Mechanism2dConfig, MechanismConfig, collapse_by_step, decompose,
+                            mechanism, mechanism2d)
 from .runner import FIGURES, deviations, load, make_config, result_path, run
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 
@@ -41,6 +46,8 @@ def main(argv=None) -> int:
     return _main(argv)
 
 
-__all__ = ["Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "fig1", "fig2", "fig3",
-           "fig4", "reduction_check", "jitter_calibration", "make_config", "deviations",
-           "result_path", "run", "load", "FIGURES", "main"]
+__all__ = ["Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "MechanismConfig", "fig1",
+           "fig2", "fig3", "fig4", "mechanism", "decompose", "Mechanism2dConfig", "mechanism2d",
+           "collapse_by_step", "reduction_check",
+           "jitter_calibration", "make_config", "deviations", "result_path", "run", "load",
+           "FIGURES", "main"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..networks import TwoLayerScoreNet
+from ..networks import TwoLayerScoreNet, active_fraction
 from ..optimal import optimal_score
 from ..risk import excess_risk
 from ..schedule import ou_mu, ou_sigma
@@ -131,7 +131,8 @@ def _schedule(times):
 
 
 def _effective_lr(cfg, lr, dim):
-    """The lr of train_sgd's batch-mean loss that gives cfg's step: ``lr / d`` for "mean_all"."""
+    """The lr of the batch-mean loss that gives cfg's step: ``lr / d`` for "mean_all" (reported
+    in the results, and the lr that enters the stability threshold ``2 / (m lr)``)."""
     return float(lr) / dim if cfg.reduction == "mean_all" else float(lr)
 
 
@@ -159,9 +160,8 @@ def _train_sweep(cfg, data_sets, progress):
                                device=cfg.device)
         gens = [_generator(cfg.seeds[s], _TRAIN, t) for t, s in zip(t_idx, s_idx)]
         t0 = time.perf_counter()
-        res = train_sgd(net, member_data, mu_k, sigma_k, lr=_effective_lr(cfg, lr, dim),
-                        steps=int(steps), batch_size=cfg.batch_size,
-                        reduction="sum" if cfg.reduction == "sum" else "mean", generator=gens,
+        res = train_sgd(net, member_data, mu_k, sigma_k, lr=float(lr), steps=int(steps),
+                        batch_size=cfg.batch_size, reduction=cfg.reduction, generator=gens,
                         device=cfg.device, progress=progress)
         seconds.append(time.perf_counter() - t0)
         with torch.no_grad():
@@ -181,18 +181,6 @@ def _group_net(params, t, s):
     W1, b, W2 = (torch.as_tensor(params[k][:, t, s], dtype=torch.float64)
                  for k in ("W1", "b", "W2"))
     return TwoLayerScoreNet.from_parameters(W1, b, W2)
-
-
-def _active_fraction(net, data, mu):
-    """Fraction of hidden units active somewhere on the convex hull of the points mu x_i.
-
-    A ReLU unit ``w.y + b`` is linear, so its maximum over the hull is reached at one of the
-    points: unit l is active on the hull iff ``max_i (w_l . mu x_i + b_l) > 0``. In 1-D the hull is
-    the data range ``[mu min x, mu max x]``. net: ensemble of L; data: (n, d). Returns (L,).
-    """
-    W1, b = net.W1.detach(), net.b.detach()                                    # (L, m, d), (L, m)
-    pre = torch.einsum("lmd,nd->lnm", W1, mu * data) + b[:, None, :]          # (L, n, m)
-    return (pre.amax(1) > 0).to(torch.float64).mean(1)
 
 
 def _risk_kw(cfg, dim, s, t):
@@ -223,7 +211,7 @@ def _evaluate_sweep(cfg, params, data_sets, mus, sigmas, *, grid=None, progress=
                                                           **_risk_kw(cfg, dim, s, t)).numpy()
                 res["zero_excess_risk"][t, s] = float(excess_risk(     # same noise draws
                     lambda y: torch.zeros_like(y), xd, mu, sigma, **_risk_kw(cfg, dim, s, t)))
-                res["active_fraction"][:, t, s] = _active_fraction(net, x, mu).numpy()
+                res["active_fraction"][:, t, s] = active_fraction(net, x, mu).numpy()
                 if grid is not None:
                     res["score"][:, t, s] = net(torch.as_tensor(grid)).numpy()
             if dim == 1 and cfg.sharpness_iters > 0:
