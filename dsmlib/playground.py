@@ -60,7 +60,7 @@ import torch
 from . import _checks
 from .io import config_to_dict, load_results, save_results
 from .metrics import memorization_fraction
-from .networks import TwoLayerScoreNet, make_generators
+from .networks import TwoLayerScoreNet, active_fraction, make_generators
 from .optimal import optimal_score
 from .risk import excess_risk
 from .schedule import ou_mu, ou_sigma
@@ -293,17 +293,6 @@ def _langevin(scores, data, mu, sigma, config, seed):
     return y, x_hat
 
 
-def _active_fraction(net, data, mu):
-    """(K,) fraction of the hidden units of each member that are active somewhere on the data
-    range ``[mu min x, mu max x]``. A unit ``ReLU(w y + b)`` is linear inside the ReLU, so it is
-    active on the interval iff it is positive at one of its two ends. 0 means a collapsed network:
-    every unit is off on the data and the score is 0 there."""
-    ends = mu * torch.stack([data.min(), data.max()]).to(net.W1.dtype)        # (2,)
-    with torch.no_grad():
-        pre = net.W1[..., 0, None] * ends + net.b[..., None]                  # (K, m, 2)
-    return (pre.amax(-1) > 0).to(torch.float64).mean(-1)
-
-
 def _density(samples, edges):
     """Histogram densities (R, B) of the rows of ``samples`` (R, N); mass outside is dropped."""
     out = np.empty((samples.shape[0], len(edges) - 1))
@@ -338,7 +327,7 @@ def _summarize(net, diverged, data, t, lrs, seed, config):
     ex = excess_risk(net, data, mu, sigma, num_nodes=config.excess_nodes).to(torch.float64)
     sh = sharpness(net, data, mu, sigma, iters=config.sharpness_iters, tol=config.sharpness_tol,
                    generator=torch.Generator().manual_seed(lseed)).to(torch.float64)
-    active = _active_fraction(net, data, mu).numpy()
+    active = active_fraction(net, data, mu).numpy()
     score = score.numpy()
     score[dead] = np.nan
     noisy[skip] = np.nan
