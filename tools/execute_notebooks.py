@@ -16,7 +16,9 @@ off (``TQDM_DISABLE=1``, unless ``--keep-progress``), no execution timestamps in
 the random ids that ipywidgets and matplotlib's ``to_jshtml`` put in their outputs are renamed to
 ids derived from the notebook's path (in an order that does not depend on the random ids), and
 consecutive stream outputs of a cell are merged (how the kernel splits a cell's printing into
-messages depends on timing), so that re-running an unchanged notebook gives no diff.
+messages depends on timing), so that re-running an unchanged notebook gives no diff. The first
+code cell (the Colab install cell) is rewritten from ``repository.url`` of _config.yml, the one
+place where the repository's address is written.
 """
 
 from __future__ import annotations
