@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["table", "Table", "fmt", "decomposition_table", "plot_decomposition", "mean_ci", "plot_scores", "plot_over_lrs", "plot_samples_2d", "plot_over_dims"]
+__all__ = ["glue", "table", "Table", "fmt", "decomposition_table", "plot_decomposition", "mean_ci", "plot_scores", "plot_over_lrs", "plot_samples_2d", "plot_over_dims"]
 
 
 def fmt(value, spec: str = ".3g") -> str:
@@ -214,3 +214,20 @@ def plot_decomposition(ax, parts, lrs, *, title=None, legend=True):
     if legend:
         ax.legend(fontsize=8)
     return ax
+
+
+def glue(name: str, value):
+    """``myst_nb.glue(name, value, display=False)`` with NumPy and torch scalars turned into Python
+    numbers first, so that ``{glue:text}`name:.3g``` can format them (NumPy 2 writes a float64 as
+    ``np.float64(0.5)``, which a format spec cannot read)."""
+    from myst_nb import glue as _glue
+
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        value = bool(value)
+    elif isinstance(value, (int, np.integer)):
+        value = int(value)
+    elif isinstance(value, (float, np.floating)):
+        value = float(value)
+    _glue(name, value, display=False)

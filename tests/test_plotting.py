@@ -57,3 +57,20 @@ def test_decomposition_table_and_plot():
     heights = sorted(round(p.get_height(), 6) for p in ax.patches)
     assert heights[0] == -0.1 and 1.5 in heights          # a negative part is drawn below 0
     plt.close(fig)
+
+
+def test_glue_turns_numpy_scalars_into_python_numbers(monkeypatch):
+    import myst_nb
+    import torch
+
+    seen = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: seen.update(
+        {name: (value, display)}))
+    dplt.glue("a", np.float64(0.5))
+    dplt.glue("b", np.int64(3))
+    dplt.glue("c", torch.tensor(2.5))
+    dplt.glue("d", np.bool_(True))
+    dplt.glue("e", "text")
+    assert seen == {"a": (0.5, False), "b": (3, False), "c": (2.5, False), "d": (True, False),
+                    "e": ("text", False)}
+    assert type(seen["a"][0]) is float and type(seen["b"][0]) is int

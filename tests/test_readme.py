@@ -2,8 +2,8 @@
 
 Run:  python -m pytest tests/test_readme.py -q       (about a minute on 2 CPU cores)
 
-Every command of the README's "Use" section (inline code that starts with ``python``, ``jupyter``
-or ``bash``) must have an entry in ``USE_COMMANDS``: how this file runs it (at a reduced size
+Every command of the README's "Use" section (inline code that starts with ``python``,
+``python3``, ``jupyter`` or ``bash``) must have an entry in ``USE_COMMANDS``: how this file runs it (at a reduced size
 where the real command takes minutes) or which test runs it. A command added to the README
 without a test fails ``test_every_use_command_is_tested``. The library example is run verbatim.
 """
@@ -38,7 +38,7 @@ def _section(title: str) -> str:
 def _inline_commands(text: str) -> list[str]:
     spans = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
     spans = [" ".join(s.split()) for s in spans]
-    return [s for s in spans if s.split()[0] in ("python", "jupyter", "bash")]
+    return [s for s in spans if s.split()[0] in ("python", "python3", "jupyter", "bash")]
 
 
 def _run(cmd, timeout=600, **kw):
@@ -61,6 +61,8 @@ USE_COMMANDS = {
     "python -m dsmlib.playground --regenerate":
         "tests/test_widgets.py::test_packaged_grid_regenerates_bit_for_bit",
     "python -m dsmlib.playground --check": "test_playground_check",
+    "python3 tools/paper_scale_gpu.py --budget-minutes 8 --export DIR":
+        "tests/test_paper_scale_gpu.py::test_end_to_end_writes_the_files_of_the_library_runner",
 }
 
 
