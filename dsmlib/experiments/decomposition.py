@@ -486,7 +486,10 @@ class Mechanism2dConfig:
     and the small rate with the large rate's batch (the batch-size confound). ``decay``: the large
     rate's survivors continue at ``lr / decay_factor`` for ``decay_steps`` steps (noise removal:
     do they memorize once the noise is gone?). The data, initialisations and batches of the first
-    two arms are those of :func:`fig3` with the same seeds and scale, so the networks coincide.
+    two arms are those of :func:`fig3` with the same seeds and scale, so the networks coincide. At
+    book scale the batch-size control compares the small rate with batches of 5000 and of 500 at
+    the same number of steps (the last two arms; the last is the first quarter of Fig. 3's small-rate
+    arm, the trainer's random stream being the same prefix).
     """
 
     scale: str = "paper"
@@ -528,7 +531,7 @@ class Mechanism2dConfig:
         if scale == "book":
             return cls(scale="book", width=250, num_samples=1000, sampler_steps=200,
                        arms=((2.0, 2_000, 5000), (0.05, 40_000, 500), (1.0, 4_000, 5000),
-                             (0.05, 10_000, 5000)),
+                             (0.05, 10_000, 5000), (0.05, 10_000, 500)),
                        decay_steps=2_000)
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
 
