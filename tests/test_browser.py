@@ -626,7 +626,7 @@ LAYOUT_JS = r"""(async () => {
         const text = (el.textContent || '').split('\n').reduce((a, b) => a.length > b.length ? a : b, '');
         problems.push(`output block (${where(el)}), ${el.tagName.toLowerCase()}: ${px} px wider ` +
                       `than the column; longest line "${text.trim().slice(0, 70)}" ` +
-                      `(print lines <= ~90 characters, tables as DataFrames)`);
+                      `(print lines <= ~80 characters, tables as DataFrames)`);
         break;                                     // one report per output
       }
     }
