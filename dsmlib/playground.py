@@ -1,4 +1,4 @@
-r"""The precomputed grid behind the playground of chapter 10 ("Playground").
+r"""The precomputed grid behind the book's playground chapter ("Playground").
 
 For each cell ``(t, n, width, data seed)`` of a small grid, one ensemble of two-layer nets is
 trained by :func:`dsmlib.train_sgd` at the single noise level ``(mu, sigma) = (e^{-t},
@@ -601,7 +601,7 @@ def regenerate(path=None, config: PlaygroundConfig = PlaygroundConfig(), *, verb
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dsmlib.playground",
-        description="Regenerate the precomputed grid of the playground (chapter 10).")
+        description="Regenerate the precomputed grid of the book's playground chapter.")
     parser.add_argument("--regenerate", action="store_true",
                         help="train every cell of the grid and write the grid file")
     parser.add_argument("--out", type=Path, default=None,

@@ -1,4 +1,4 @@
-r"""The interactive playground of chapter 10: sliders over a precomputed grid, and static scrubbers.
+r"""The interactive playground of the book: sliders over a precomputed grid, and static scrubbers.
 
     pg = dsmlib.widgets.playground()        # display it (a Jupyter cell's last expression)
     pg.select(lr=0.05, t=0.02)              # move sliders from code (grid values only)
@@ -449,7 +449,7 @@ def _int(x, name, minimum):
 
 
 def playground(grid=None, **initial) -> Playground:
-    """The chapter 10 explorer: ``dsmlib.widgets.playground()`` as a cell's last expression."""
+    """The playground explorer: ``dsmlib.widgets.playground()`` as a cell's last expression."""
     return Playground(grid, **initial)
 
 
