@@ -5,7 +5,7 @@ t = 0.05 (mu = exp(-t), sigma = sqrt(1 - exp(-2t))), lr = 0.1 (SGD step m * lr),
 
     python benchmarks/bench_training.py [--members 30 480] [--repeats 3] [--seconds 1.0]
                                         [--threads N] [--loop-threads 1] [--dims 1] [--no-jax]
-                                        [--torch-path-all]
+                                        [--torch-path-all] [--steps S --plain-steps P]
 
 Contenders, all in this one process and interleaved (repeat r runs every contender once, then
 repeat r + 1; the table shows medians over the repeats). Each is warmed up (compiled) and its
@@ -134,9 +134,12 @@ class Jax:
         jax.block_until_ready(params)
         return steps
 
+    def scan_length(self, K):
+        return self.SCAN if K <= 64 else self.SCAN // 4
+
     def ensemble(self, K, blocks, seed=2):
         jax = self.jax
-        length = self.SCAN if K <= 64 else self.SCAN // 4
+        length = self.scan_length(K)
         params = self.params(K, seed)
         keys = jax.random.split(jax.random.PRNGKey(seed), K)
         for _ in range(blocks):
@@ -173,7 +176,7 @@ class Contender:
 
     def __init__(self, label, K, run, threads=None):
         self.label, self.K, self.run, self.threads = label, K, run, threads
-        self.units = 1
+        self.units, self.fixed = 1, False
 
     def __call__(self):
         old = torch.get_num_threads()
@@ -189,29 +192,42 @@ class Contender:
     def calibrate(self, seconds):
         """Warm up (compile, allocate), then choose the work of one timing: about ``seconds``."""
         self()
+        if self.fixed:                          # fixed work per timing (--steps, --plain-steps)
+            return
         _, dt, _ = self()
         self.units = max(1, int(seconds / max(dt, 1e-6)))
 
 
-def contenders(d, members, jax_ok, loop_threads, torch_path_all=False):
-    """The contenders for dimension d (see the module docstring)."""
+def contenders(d, members, jax_ok, loop_threads, torch_path_all=False, steps=None,
+               plain_steps=None):
+    """The contenders for dimension d (see the module docstring). ``steps`` / ``plain_steps``:
+    fixed work per timing (train_sgd and the JAX ensemble / the one-network loops) instead of
+    the calibrated work."""
     g = torch.Generator().manual_seed(0)
     data = torch.randn(N_DATA, d, generator=g)
     mu, sigma = dsm.ou_mu(T), dsm.ou_sigma(T)
+    loop_unit = 50 if plain_steps is None else plain_steps
+    fixed = steps is not None or plain_steps is not None
     out = [Contender("torch loop (1 net, autograd)", None,
-                     lambda u: torch_loop(data, mu, sigma, 50 * u), threads=loop_threads)]
+                     lambda u: torch_loop(data, mu, sigma, loop_unit * u), threads=loop_threads)]
     jx = Jax(data, mu, sigma) if jax_ok else None
     if jx is not None:
-        out.append(Contender("JAX loop (1 net, jit step)", None, lambda u: jx.loop(100 * u)))
+        jax_unit = 100 if plain_steps is None else plain_steps
+        out.append(Contender("JAX loop (1 net, jit step)", None,
+                             lambda u: jx.loop(jax_unit * u)))
+    sgd_unit = 256 if steps is None else steps
     for K in members:
         if jx is not None:
-            out.append(Contender("JAX ensemble (vmap + scan)", K,
-                                 functools.partial(lambda K, u: jx.ensemble(K, u), K)))
+            blocks = 1 if steps is None else max(1, round(steps / jx.scan_length(K)))
+            out.append(Contender("JAX ensemble (vmap + scan)", K, functools.partial(
+                lambda K, b, u: jx.ensemble(K, b * u), K, blocks)))
         out.append(Contender("train_sgd", K, functools.partial(
-            lambda K, u: dsm_train(data, mu, sigma, K, 256 * u), K)))
+            lambda K, u: dsm_train(data, mu, sigma, K, sgd_unit * u), K)))
         if d == 1 and (torch_path_all or K == members[0]):
             out.append(Contender("train_sgd, torch path", K, functools.partial(
-                lambda K, u: dsm_train(data, mu, sigma, K, 256 * u, torch_path=True), K)))
+                lambda K, u: dsm_train(data, mu, sigma, K, sgd_unit * u, torch_path=True), K)))
+    for c in out:
+        c.fixed = fixed
     return out
 
 
@@ -274,6 +290,11 @@ def main(argv=None):
                     help="torch threads of the one-network torch loop (default 1: its operations "
                          "are too small to gain from threads, and stall on a busy machine)")
     ap.add_argument("--no-jax", action="store_true", help="skip the JAX contenders")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="fixed steps per timing of train_sgd and the JAX ensemble (default: "
+                         "calibrated to --seconds); with --plain-steps, a quick check")
+    ap.add_argument("--plain-steps", type=int, default=None,
+                    help="fixed steps per timing of the one-network loops")
     ap.add_argument("--torch-path-all", action="store_true",
                     help="time train_sgd's pure-torch path for every K (default: the first only)")
     args = ap.parse_args(argv)
@@ -299,7 +320,8 @@ def main(argv=None):
     print("before:", _load())
     t0 = time.perf_counter()
     for d in args.dims:
-        entries = contenders(d, args.members, jax_ok, args.loop_threads, args.torch_path_all)
+        entries = contenders(d, args.members, jax_ok, args.loop_threads, args.torch_path_all,
+                             args.steps, args.plain_steps)
         report(d, entries, measure(entries, args.repeats, args.seconds))
     print(f"\nafter: {_load()}; {time.perf_counter() - t0:.0f} s")
 
