@@ -43,7 +43,7 @@ def make_generators(seeds, device=None) -> list:
     """
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
         raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}")
-    seeds = [_checks.integer(s, "seeds[i]", 0) for s in seeds]
+    seeds = [_checks.seed(s, f"seeds[{i}]") for i, s in enumerate(seeds)]
     if not seeds:
         raise ValueError("seeds is empty")
     dev = torch.device("cpu") if device is None else torch.device(device)

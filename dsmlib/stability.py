@@ -28,6 +28,7 @@ _PARAM_NAMES = ("W1", "b", "W2")
 # computed value; it only keeps inf * 0 = NaN out of the tails.
 _T_CLIP = 40.0
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_RISK_BLOCK_ELEMENTS = 1 << 22   # entries of the (K, points, m) terms of relu_net_risk at once
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,6 +57,7 @@ def _get_params(net_or_params, name="net_or_params"):
             raise TypeError(f"{name}.{k} must be a torch tensor, got {type(p).__name__}")
         if not p.is_floating_point():
             raise TypeError(f"{name}.{k} must be a floating tensor, got dtype {p.dtype}")
+    _checks.finite_parameters(name, **dict(zip(_PARAM_NAMES, params)))
     return params
 
 
@@ -129,8 +131,9 @@ def _risk_inputs(data, mu, sigma, ensemble, dtype, device):
     vector = _checks.is_sequence(mu) or _checks.is_sequence(sigma)
     per = (raw.dim() == 2 and raw.shape[1] != 1) or raw.dim() == 3 or vector
     if not per:
-        return (_checks.data_1d(raw, dtype=dtype, device=device),
-                _checks.positive(mu, "mu"), _checks.positive(sigma, "sigma"))
+        _checks.positive(mu, "mu")
+        _checks.positive(sigma, "sigma")
+        return (_checks.data_1d(raw, dtype=dtype, device=device), *_checks.noise(mu, sigma, dtype))
     if ensemble is None:
         raise ValueError("per-member data or noise levels need an ensemble of nets (K members)")
     K = ensemble
@@ -149,6 +152,7 @@ def _risk_inputs(data, mu, sigma, ensemble, dtype, device):
                              f"got {t.numel()}")
         if bool((t <= 0).any()):
             raise ValueError(f"{name} must be positive")
+        _checks.noise_levels(t, name, dtype if name == "sigma" else torch.float64)
         return t.reshape(K, 1)
 
     return x, levels(mu, "mu"), levels(sigma, "sigma")
@@ -220,20 +224,39 @@ def relu_net_risk(net_or_params, data, mu, sigma):
     # |w| as w sign(w) and |t| by torch.where: the double backward of abs() imports torch._dynamo
     # (seconds, once per process); both forms also give |w| zero slope at w = 0, as abs() does
     jump = torch.gather(a * w * torch.sign(w), -1, order) * (sigma / m)    # (K, m), kink order
-    t = ((kinks[:, None, :] - center[:, :, None]) / sig3).clamp(-_T_CLIP, _T_CLIP)  # (K, n, m)
-    left = t <= 0
-    J = left.sum(-1)                                                        # segment holding z = 0
-    alpha_J, beta_J = torch.gather(alpha, -1, J), torch.gather(beta, -1, J)   # (K, n)
-    base = (alpha_J * center + beta_J) ** 2 + (alpha_J * sigma + 1.0 / sigma) ** 2
-    s_kink = alpha[:, 1:] * kinks + beta[:, 1:]                             # s at each kink (K, m)
-    G = s_kink[:, None, :] + t / sig3                                       # g_i at each kink
-    Q = ((alpha[:, :-1] + alpha[:, 1:]) * sigma + 2.0 / sigma)[:, None, :]  # (K, 1, m)
-    r = torch.where(left, -t, t)
-    phi_r, tail = _phi(r), torch.special.ndtr(-r)
-    psi1 = phi_r - r * tail
-    Qpsi2 = Q * ((1.0 + r * r) * tail - r * phi_r)
-    per_point = base + (jump[:, None, :] * (2.0 * G * psi1 + torch.where(left, -Qpsi2, Qpsi2))).sum(-1)
+    K, n = kinks.shape[0], center.shape[-1]
+
+    def point_terms(c):
+        """E g_i^2 for the data points of the block ``c`` (1 or K, n_b): (K, n_b). (The order of
+        the operations is kept as it was before blocks existed: autograd sums the gradient
+        contributions in creation order, so it fixes the last bits of Hessian-vector products.)"""
+        t = ((kinks[:, None, :] - c[:, :, None]) / sig3).clamp(-_T_CLIP, _T_CLIP)  # (K, n_b, m)
+        left = t <= 0
+        J = left.sum(-1)                                                    # segment holding z = 0
+        alpha_J, beta_J = torch.gather(alpha, -1, J), torch.gather(beta, -1, J)   # (K, n_b)
+        base = (alpha_J * c + beta_J) ** 2 + (alpha_J * sigma + 1.0 / sigma) ** 2
+        s_kink = alpha[:, 1:] * kinks + beta[:, 1:]                         # s at each kink (K, m)
+        G = s_kink[:, None, :] + t / sig3                                   # g_i at each kink
+        Q = ((alpha[:, :-1] + alpha[:, 1:]) * sigma + 2.0 / sigma)[:, None, :]  # (K, 1, m)
+        r = torch.where(left, -t, t)
+        phi_r, tail = _phi(r), torch.special.ndtr(-r)
+        psi1 = phi_r - r * tail
+        Qpsi2 = Q * ((1.0 + r * r) * tail - r * phi_r)
+        return base + (jump[:, None, :] * (2.0 * G * psi1 + torch.where(left, -Qpsi2, Qpsi2))).sum(-1)
+
+    # the (K, n, m) terms are built for a block of data points at a time, so memory stays bounded;
+    # each point's sum over the m kinks does not depend on the block
+    block = max(1, _RISK_BLOCK_ELEMENTS // (K * m))
+    if n <= block:
+        per_point = point_terms(center)
+    else:
+        per_point = torch.empty(K, n, dtype=dtype, device=kinks.device)
+        for start in range(0, n, block):
+            per_point[:, start:start + block] = point_terms(center[:, start:start + block])
     risk = per_point.mean(-1)
+    if bool(torch.isnan(risk.detach()).any()):
+        raise FloatingPointError(f"relu_net_risk overflowed in {dtype} (a NaN from inf - inf): the "
+                                 f"parameters or 1/sigma are too large for this dtype; use float64")
     return risk[0] if ensemble is None else risk
 
 
