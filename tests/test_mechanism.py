@@ -79,3 +79,33 @@ def test_config_checks():
     with pytest.raises(ValueError, match="steps"):
         ex.make_config("mechanism", "book", lrs=(0.1,), steps=(100,))
     assert mech.control_steps(ex.make_config("mechanism", "paper")) == 1100
+
+
+def test_mechanism2d_first_arms_are_the_fig3_networks():
+    kw = dict(width=40, arms=((2.0, 60, 500), (0.05, 200, 100), (1.0, 60, 500)), decay_steps=50,
+              num_samples=200, sampler_steps=30, seeds=(0, 1, 2), activity_samples=2000)
+    r = ex.mechanism2d(ex.make_config("mechanism2d", "book", **kw))
+    f3 = ex.fig3(ex.make_config("fig3", "book", width=40, lrs=(2.0, 0.05), steps=(60, 200),
+                                batch_size=(500, 100), num_samples=200, sampler_steps=30,
+                                seeds=(0, 1, 2)))
+    assert np.array_equal(r["diverged"][:2], f3["diverged"])
+    np.testing.assert_array_equal(r["memorization"][:2], f3["memorization"])
+    np.testing.assert_array_equal(r["mmd_star"][:2], f3["mmd_star"])
+    assert float(r["memorization_star"]) == float(f3["memorization_star"])
+    # diverged networks have no measurements, and stay diverged through the decay
+    assert np.all(np.isnan(r["active"][r["diverged"]]))
+    assert np.all(r["decay_diverged"][r["diverged"][0]])
+    ok = ~r["decay_diverged"]
+    assert np.all((r["decay_active"][ok] > 0) & (r["decay_active"][ok] <= 1))
+    assert r["arm_batch"].tolist() == [500, 100, 500]
+
+
+def test_time_net_activity_counts_units():
+    net = dsm.TimeScoreNet(3, 1, ensemble=1, generator=[torch.Generator().manual_seed(0)])
+    with torch.no_grad():
+        net.W1.zero_()
+        net.b.copy_(torch.tensor([[1.0, -1.0, 0.5]]))
+    act = mech.time_net_activity(net, torch.zeros(4, 1), num=100, T=1.0, delta=0.01,
+                                 num_times=10, time_weighting="sigma",
+                                 generator=torch.Generator().manual_seed(1))
+    assert act.tolist() == [pytest.approx(2 / 3)]

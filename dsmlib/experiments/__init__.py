@@ -13,7 +13,7 @@ arrays (axes documented in its docstring), the same dict that :func:`run` saves 
 ``fig3``   d = 2 diffusion with a time-conditioned net: samples and MMDs for a small and a large eta
 ``fig4``   MMD ratio vs dimension d at eta = 0.5
 ``mechanism``  the Fig. 2 networks (d = 1) split into collapse, SGD noise and smoothing, with their
-           trajectory along training
+           trajectory along training; ``mechanism2d``: the Fig. 3 networks (d = 2) with controls
 =========  ======================================================================================
 
 Every sweep of learning rates x seeds (x noise levels) is trained as one ensemble per learning
@@ -34,7 +34,8 @@ learning rates memorize less") and 9 ("Higher dimension memorizes less").
 from __future__ import annotations
 
 from .diffusion import Fig3Config, Fig4Config, fig3, fig4, jitter_calibration, reduction_check
-from .decomposition import MechanismConfig, decompose, mechanism
+from .decomposition import (Mechanism2dConfig, MechanismConfig, decompose, mechanism,
+                            mechanism2d)
 from .runner import FIGURES, deviations, load, make_config, result_path, run
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 
@@ -46,6 +47,6 @@ def main(argv=None) -> int:
 
 
 __all__ = ["Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "MechanismConfig", "fig1",
-           "fig2", "fig3", "fig4", "mechanism", "decompose", "reduction_check",
+           "fig2", "fig3", "fig4", "mechanism", "decompose", "Mechanism2dConfig", "mechanism2d", "reduction_check",
            "jitter_calibration", "make_config", "deviations", "result_path", "run", "load",
            "FIGURES", "main"]

@@ -12,13 +12,14 @@ import torch
 
 from ..io import ResultsError, config_to_dict, load_results, save_results
 from .diffusion import Fig3Config, Fig4Config, fig3, fig4
-from .decomposition import MechanismConfig, mechanism
+from .decomposition import Mechanism2dConfig, MechanismConfig, mechanism, mechanism2d
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 
 __all__ = ["FIGURES", "make_config", "deviations", "result_path", "run", "load"]
 
 FIGURES = {"fig1": (Fig1Config, fig1), "fig2": (Fig2Config, fig2), "fig3": (Fig3Config, fig3),
-           "fig4": (Fig4Config, fig4), "mechanism": (MechanismConfig, mechanism)}
+           "fig4": (Fig4Config, fig4), "mechanism": (MechanismConfig, mechanism),
+           "mechanism2d": (Mechanism2dConfig, mechanism2d)}
 
 
 
