@@ -387,9 +387,11 @@ def finite_parameters(name: str, **tensors) -> None:
             raise ValueError(f"{name}.{key} contains NaN or infinite values")
 
 
-def function_output(out, name: str, *, where: str = ""):
+def function_output(out, name: str, *, where: str = "", hint: str = ""):
     """Check what a user's function returned: a real tensor (``TypeError`` otherwise) with finite
-    values (``FloatingPointError`` otherwise). Integer outputs are accepted. Returns ``out``."""
+    values (``FloatingPointError`` otherwise). Integer outputs are accepted. Returns ``out``.
+
+    ``where`` ends the messages (e.g. `` at step 3``); ``hint`` follows the NaN message."""
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must return a torch tensor, got {type(out).__name__}{where}")
     if out.is_complex() or out.dtype == torch.bool:
@@ -399,7 +401,7 @@ def function_output(out, name: str, *, where: str = ""):
     if out.layout != torch.strided:
         raise TypeError(f"{name} must return a dense tensor, got layout {out.layout}{where}")
     if out.is_floating_point() and not bool(torch.isfinite(out).all()):
-        raise FloatingPointError(f"{name} returned NaN or infinite values{where}")
+        raise FloatingPointError(f"{name} returned NaN or infinite values{where}{hint}")
     return out
 
 

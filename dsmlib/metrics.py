@@ -49,9 +49,20 @@ def _row_block(n_cols: int, chunk_size) -> int:
 
 
 def _sq_dists(a, b):
-    """``|a_i - b_j|^2`` for ``a`` (p, d), ``b`` (q, d), via the Gram expansion, clamped at 0."""
+    """``|a_i - b_j|^2`` for ``a`` (p, d), ``b`` (q, d), via the Gram expansion, clamped at 0.
+
+    Where the squares overflow (points beyond ~1e19 in float32), the block is recomputed in
+    float64 from the points divided by their largest magnitude ``c`` and multiplied back by
+    ``c^2``: a distance beyond the dtype's range is then ``inf`` (kernel value 0), never NaN."""
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return d2.clamp_min_(0.0)
+    d2 = d2.clamp_min_(0.0)
+    if not bool(torch.isfinite(d2).all()):
+        c = max(float(a.abs().max()), float(b.abs().max()))
+        a64, b64 = a.to(torch.float64) / c, b.to(torch.float64) / c
+        n2 = ((a64 * a64).sum(1)[:, None] + (b64 * b64).sum(1)[None, :]
+              - 2.0 * (a64 @ b64.T)).clamp_min_(0.0)
+        d2 = torch.where(n2 == 0, torch.zeros_like(n2), n2 * (c * c)).to(a.dtype)
+    return d2
 
 
 def _kernel_sum(a, b, bandwidth, chunk_size, same: bool):
@@ -92,6 +103,7 @@ def mmd(x, y, bandwidth: float = 1.0, *, unbiased: bool = True, chunk_size: int 
     xs, _ = _points(x, "x", min_points=2)
     ys, _ = _points(y, "y", min_points=2)
     xs, ys = _common(xs, ys, "x", "y")
+    bandwidth = _checks.noise_scale(bandwidth, "bandwidth", xs.dtype)   # 1/bandwidth^2 finite
     centre = torch.cat([xs, ys]).mean(0)  # the kernel is translation invariant; centring keeps
     xs, ys = xs - centre, ys - centre     # the Gram expansion accurate for data far from 0
     n, m = xs.shape[0], ys.shape[0]
@@ -121,14 +133,19 @@ def nearest_neighbor_distances(samples, data, k: int = 2, *, chunk_size: int | N
     if k > xd.shape[0]:
         raise ValueError(f"k must be <= the number of training points ({xd.shape[0]}), got {k}")
     rows = _row_block(xd.shape[0] * xd.shape[1], chunk_size)
-    dists, idx = [], []
-    for start in range(0, xs.shape[0], rows):
-        blk = xs[start:start + rows]
-        d = torch.cdist(blk, xd, compute_mode="donot_use_mm_for_euclid_dist")
-        v, i = torch.topk(d, k, dim=1, largest=False, sorted=True)
-        dists.append(v)
-        idx.append(i)
-    return torch.cat(dists), torch.cat(idx)
+    N = xs.shape[0]
+    if N <= rows:
+        d = torch.cdist(xs, xd, compute_mode="donot_use_mm_for_euclid_dist")
+        return torch.topk(d, k, dim=1, largest=False, sorted=True)[:2]
+    # blocks of rows written into preallocated outputs (no list of pieces: bounded, steady memory)
+    dists = torch.empty(N, k, dtype=xs.dtype, device=xs.device)
+    idx = torch.empty(N, k, dtype=torch.long, device=xs.device)
+    for start in range(0, N, rows):
+        d = torch.cdist(xs[start:start + rows], xd, compute_mode="donot_use_mm_for_euclid_dist")
+        torch.topk(d, k, dim=1, largest=False, sorted=True,
+                   out=(dists[start:start + rows], idx[start:start + rows]))
+        del d
+    return dists, idx
 
 
 def memorization_fraction(samples, data, ratio: float = 1 / 3, *,

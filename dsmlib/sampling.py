@@ -22,6 +22,8 @@ from .schedule import ou_mu, ou_sigma
 
 __all__ = ["reverse_sde_sample", "reverse_time_grid", "optimal_score_fn", "ReversePath"]
 
+_MU_FLOOR = math.sqrt(torch.finfo(torch.float64).tiny)   # smallest mu with a normal square
+
 
 class ReversePath(NamedTuple):
     """Output of :func:`reverse_sde_sample` with ``return_path=True``.
@@ -55,6 +57,19 @@ def _check_grid(T, delta, steps):
                          f"got T={T}, delta={delta}")
     steps = _checks.integer(steps, "steps", minimum=1)
     return T, delta, steps
+
+
+def _check_step(T, delta, steps, dtype):
+    """The growth ``e^h`` and noise scale ``sqrt(e^{2h} - 1)`` of one step must be finite numbers
+    of ``dtype``; beyond that (``h = (T - delta) / steps`` above ~44 in float32, ~354 in float64)
+    the scheme only produces inf and NaN."""
+    h = (T - delta) / steps
+    limit = 0.5 * math.log(torch.finfo(dtype).max)
+    if h > limit:
+        need = math.ceil((T - delta) / limit)
+        raise ValueError(f"steps={steps} is too few for T={T:g}: each step spans h = {h:.4g} in "
+                         f"time and e^(2h) overflows {str(dtype).replace('torch.', '')}; "
+                         f"use steps >= {need}")
 
 
 def _grid(T: float, delta: float, steps: int) -> torch.Tensor:
@@ -113,11 +128,9 @@ def reverse_sde_sample(score_fn: Callable, num_samples: int, dim: int, *, T: flo
     if ensemble is not None:
         ensemble = _checks.integer(ensemble, "ensemble", minimum=1)
     generator = _checks.generator_or_none(generator)
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    device = torch.device("cpu") if device is None else torch.device(device)
+    dtype = _checks.float_dtype(dtype)
+    device = torch.device("cpu") if device is None else _checks.device(device)
+    _check_step(T, delta, steps, dtype)
 
     lead = () if ensemble is None else (ensemble,)
     shape = lead + ((num_samples,) if dim == 1 else (num_samples, dim))
@@ -151,6 +164,9 @@ def _call_score(score_fn, y, t, k):
     if not isinstance(s, torch.Tensor):
         raise TypeError(f"score_fn must return a torch.Tensor, got {type(s).__name__} "
                         f"(step {k}, t = {t:.6g})")
+    if s.is_complex() or s.dtype == torch.bool:
+        raise TypeError(f"score_fn must return real values, got dtype {s.dtype} "
+                        f"(step {k}, t = {t:.6g})")
     if s.shape != y.shape:
         if y.dim() >= 1 and s.shape == y.shape + (1,):
             s = s.squeeze(-1)  # (N, 1) for one-dimensional states
@@ -160,9 +176,8 @@ def _call_score(score_fn, y, t, k):
             raise ValueError(f"score_fn returned shape {tuple(s.shape)} for states of shape "
                              f"{tuple(y.shape)} (step {k}, t = {t:.6g}); it must return the "
                              f"shape of its input{hint}")
-    if not bool(torch.isfinite(s).all()):
-        raise FloatingPointError(f"score_fn returned NaN or inf at step {k} (forward time "
-                                 f"t = {t:.6g}); try a larger delta or check the score")
+    _checks.function_output(s, "score_fn", where=f" at step {k} (forward time t = {t:.6g})",
+                            hint="; try a larger delta or check the score")
     return s.to(dtype=y.dtype, device=y.device)
 
 
@@ -182,6 +197,8 @@ def optimal_score_fn(data) -> Callable:
         from .optimal import optimal_score
         t = _checks.positive(t, "t")
         xd = pts.to(dtype=x.dtype, device=x.device)
-        return optimal_score(x, xd, ou_mu(t), ou_sigma(t))
+        # for t > 354, mu(t) = e^-t < 1.5e-154 has no normal square: it is raised to that floor,
+        # which changes s* = (mu E[W] - x) / sigma^2 by less than float64 resolution
+        return optimal_score(x, xd, max(ou_mu(t), _MU_FLOOR), ou_sigma(t))
 
     return score

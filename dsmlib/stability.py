@@ -57,6 +57,7 @@ def _get_params(net_or_params, name="net_or_params"):
             raise TypeError(f"{name}.{k} must be a torch tensor, got {type(p).__name__}")
         if not p.is_floating_point():
             raise TypeError(f"{name}.{k} must be a floating tensor, got dtype {p.dtype}")
+        _checks.float_dtype(p.dtype, f"{name}.{k}.dtype")
     _checks.finite_parameters(name, **dict(zip(_PARAM_NAMES, params)))
     return params
 

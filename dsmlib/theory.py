@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_PAIR_BLOCK_ELEMENTS = 1 << 22   # entries of a (rows, n) block of a pairwise computation
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,8 +59,41 @@ def _data_1d(data, min_points=2):
     return torch.sort(_checks.data_1d(data, min_points=min_points)).values
 
 
-def _noise(mu, sigma):
-    return _checks.positive(mu, "mu"), _checks.positive(sigma, "sigma")
+def _noise(mu, sigma, dtype=torch.float64):
+    """``(mu, sigma)`` as floats, checked by :func:`dsmlib._checks.noise` for ``dtype``."""
+    _checks.positive(mu, "mu")
+    _checks.positive(sigma, "sigma")
+    return _checks.noise(mu, sigma, dtype)
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _exp(t: float) -> float:
+    return math.exp(t) if t < 709.0 else math.inf
+
+
+def _guarded(direct, log_value) -> float:
+    """A positive bound: ``direct()`` (the formula as written) or, where an intermediate power
+    over- or underflows, ``exp(log_value())``.
+
+    The bounds are products of powers of ``n, mu, sigma, Delta, A``; at extreme (legal) values a
+    power such as ``sigma**4`` underflows to 0 or ``A**4`` overflows although the bound itself is a
+    float64 number, or is 0.0 / inf only because it lies beyond the float64 range. ``direct()`` is
+    kept whenever it agrees with the logarithmic form, so ordinary values are exactly the formula's.
+    """
+    try:
+        v = direct()
+    except (ZeroDivisionError, OverflowError):
+        v = math.nan
+    lv = log_value()
+    if math.isnan(lv):
+        raise FloatingPointError("the bound is not defined at these values (0 * inf)")
+    if math.isfinite(v) and v > 0 and math.isfinite(lv) \
+            and abs(math.log(v) - lv) <= 1e-9 * max(1.0, abs(lv)):
+        return v
+    return 0.0 if lv == -math.inf else _exp(lv)
 
 
 def _number_or_tensor(x, name, *, strict):
@@ -91,10 +125,23 @@ def min_gap(data) -> float:
     x, was_1d = _checks.data_2d(data, "data", min_points=2)
     if x.shape[1] == 1:
         xs = torch.sort(x[:, 0]).values
-        return float((xs[1:] - xs[:-1]).min())
-    dist = torch.cdist(x.to(torch.float64), x.to(torch.float64))
-    dist.fill_diagonal_(math.inf)
-    return float(dist.min())
+        gap = float((xs[1:] - xs[:-1]).min())
+        if not math.isfinite(gap):                  # float32 points near +-3e38: gaps overflow
+            xs = xs.to(torch.float64)
+            gap = float((xs[1:] - xs[:-1]).min())
+        return gap
+    # distances from the differences (the Gram expansion |a|^2 + |b|^2 - 2 a.b loses every digit
+    # for points much closer than their norm), a block of rows at a time (bounded memory)
+    x = x.to(torch.float64)
+    n = x.shape[0]
+    rows = max(1, _PAIR_BLOCK_ELEMENTS // (n * x.shape[1]))
+    best = math.inf
+    for start in range(0, n, rows):
+        blk = torch.cdist(x[start:start + rows], x, compute_mode="donot_use_mm_for_euclid_dist")
+        idx = torch.arange(blk.shape[0], device=x.device)
+        blk[idx, idx + start] = math.inf
+        best = min(best, float(blk.min()))
+    return best
 
 
 def theorem_lr_threshold(data, mu, sigma) -> float:
@@ -108,7 +155,9 @@ def theorem_lr_threshold(data, mu, sigma) -> float:
     n, delta = x.numel(), min_gap(x)
     if delta == 0:
         return math.inf
-    return 2.0 ** 12 * sigma ** 2 / (mu * n ** 2 * delta)
+    return _guarded(lambda: 2.0 ** 12 * sigma ** 2 / (mu * n ** 2 * delta),
+                    lambda: 12 * math.log(2) + 2 * _log(sigma) - _log(mu) - 2 * _log(n)
+                    - _log(delta))
 
 
 def theorem_excess_bound(data, mu, sigma, A) -> float:
@@ -121,8 +170,13 @@ def theorem_excess_bound(data, mu, sigma, A) -> float:
     A = _checks.positive(A, "A")
     x = _data_1d(data)
     n, delta = x.numel(), min_gap(x)
-    denominator = 2.0 ** 36 * math.sqrt(math.e) * A ** 4 * sigma ** 4
-    return math.pi * n ** 5 * mu ** 3 * delta ** 3 / denominator
+
+    def direct():
+        denominator = 2.0 ** 36 * math.sqrt(math.e) * A ** 4 * sigma ** 4
+        return math.pi * n ** 5 * mu ** 3 * delta ** 3 / denominator
+
+    return _guarded(direct, lambda: math.log(math.pi) + 5 * _log(n) + 3 * _log(mu)
+                    + 3 * _log(delta) - 36 * math.log(2) - 0.5 - 4 * _log(A) - 4 * _log(sigma))
 
 
 def tv_lower_bound(data, mu, sigma) -> float:
@@ -134,7 +188,9 @@ def tv_lower_bound(data, mu, sigma) -> float:
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     n, delta = x.numel(), min_gap(x)
-    return mu ** 3 * n * delta ** 3 / (2.0 ** 12 * sigma ** 4)
+    return _guarded(lambda: mu ** 3 * n * delta ** 3 / (2.0 ** 12 * sigma ** 4),
+                    lambda: 3 * _log(mu) + _log(n) + 3 * _log(delta) - 12 * math.log(2)
+                    - 4 * _log(sigma))
 
 
 def tv_lower_bound_condition(data, mu, sigma):
@@ -146,7 +202,10 @@ def tv_lower_bound_condition(data, mu, sigma):
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     n, delta = x.numel(), min_gap(x)
-    value = 16.0 * n ** 3 * math.exp(-mu ** 2 * delta ** 2 / (4.0 * sigma ** 2))
+    # exponent mu^2 Delta^2 / (4 sigma^2) = (mu Delta / (2 sigma))^2, in logarithms if it overflows
+    log_ratio = _log(mu) + _log(delta) - math.log(2) - _log(sigma)
+    value = _guarded(lambda: 16.0 * n ** 3 * math.exp(-mu ** 2 * delta ** 2 / (4.0 * sigma ** 2)),
+                     lambda: 4 * math.log(2) + 3 * _log(n) - _exp(2 * log_ratio))
     return value, value <= 1.0
 
 
@@ -159,8 +218,14 @@ def optimal_risk_bound(data, mu, sigma) -> float:
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     spread, delta = float(x[-1] - x[0]), min_gap(x)
-    decay = math.exp(-mu ** 2 * delta ** 2 / (32.0 * sigma ** 2))
-    return 4.0 * mu ** 2 * spread ** 2 / sigma ** 4 * decay
+
+    def direct():
+        decay = math.exp(-mu ** 2 * delta ** 2 / (32.0 * sigma ** 2))
+        return 4.0 * mu ** 2 * spread ** 2 / sigma ** 4 * decay
+
+    exponent = _exp(2 * (_log(mu) + _log(delta) - _log(sigma)) - math.log(32))
+    return _guarded(direct, lambda: 2 * math.log(2) + 2 * _log(mu) + 2 * _log(spread)
+                    - 4 * _log(sigma) - exponent)
 
 
 class NearDataBounds(NamedTuple):
@@ -210,7 +275,8 @@ def prop2_near_data_bounds(data, mu, sigma, *, radius=None) -> NearDataBounds:
         raise ValueError(f"radius must be < mu * Delta / 2 = {mu * delta / 2.0}, got {r}")
     spread = float(x[-1] - x[0])
     eps = (n - 1) * math.exp(-mu * delta * (mu * delta - 2.0 * r) / (2.0 * sigma ** 2))
-    return NearDataBounds(r, eps * spread, eps * spread ** 2)
+    var_upper = _guarded(lambda: eps * spread ** 2, lambda: _log(eps) + 2 * _log(spread))
+    return NearDataBounds(r, eps * spread, var_upper)
 
 
 def prop2_midpoint_bounds(data, mu, sigma) -> MidpointBounds:
@@ -240,8 +306,10 @@ def prop2_midpoint_bounds(data, mu, sigma) -> MidpointBounds:
     spread = x[-1] - x[0]
     q = (n - 2) * torch.exp(-mu ** 2 * delta * (delta + gaps) / (2.0 * sigma ** 2))
     mids = mu * (x[1:] + x[:-1]) / 2.0
+    # q = 0 with an overflowing spread**2 would give 0 * inf: the term is then 0
+    spread_term = torch.where(q == 0, torch.zeros_like(q), q * spread ** 2 / (2.0 + q))
     return MidpointBounds(mids, q * spread / (2.0 + q), gaps ** 2 / (2.0 + q) ** 2,
-                          gaps ** 2 / 4.0 + q * spread ** 2 / (2.0 + q))
+                          gaps ** 2 / 4.0 + spread_term)
 
 
 def prop6_tv_upper_bound(lr, risk, data, mu, sigma, A):
@@ -255,13 +323,19 @@ def prop6_tv_upper_bound(lr, risk, data, mu, sigma, A):
     """
     lr = _number_or_tensor(lr, "lr", strict=True)
     R = _number_or_tensor(risk, "risk", strict=False)
+    _checks.same_shape(lr=lr, risk=R)
     mu, sigma = _noise(mu, sigma)
     A = _checks.positive(A, "A")
     n = _data_1d(data).numel()
     first = _sqrt(2.0 * n * R)
     second = (math.sqrt(2.0 * math.pi * math.e) * A * sigma * n * R) ** (1.0 / 3.0)
     biggest = torch.maximum(first, second) if isinstance(R, torch.Tensor) else max(first, second)
-    return 1.0 / (2.0 * lr) + _sqrt(R) / 2.0 + A / (math.sqrt(2.0 * math.pi) * sigma) * biggest
+    coef = A / (math.sqrt(2.0 * math.pi) * sigma)          # inf for an enormous A: then R = 0
+    if isinstance(biggest, torch.Tensor):                   # must give 0, not inf * 0
+        third = torch.where(biggest == 0, torch.zeros_like(biggest), coef * biggest)
+    else:
+        third = 0.0 if biggest == 0 else coef * biggest
+    return 1.0 / (2.0 * lr) + _sqrt(R) / 2.0 + third
 
 
 def prop7_tv_lower_bound(data, mu, sigma) -> float:
@@ -317,9 +391,23 @@ def _min_pieces(v):
 
 
 def _tv_weight(y, v, sigma):
-    """pi at y (any shape) for sorted ``v = mu x``: exact Gaussian expectation of the pieces."""
+    """pi at y (any shape) for sorted ``v = mu x``: exact Gaussian expectation of the pieces.
+
+    The (N, 2n - 1) arrays are built for a block of query points at a time, each block written
+    into a preallocated output (bounded memory for many queries and many data points)."""
     breaks, c0, c1 = _min_pieces(v)
     flat = y.reshape(-1, 1)
+    rows = max(1, _PAIR_BLOCK_ELEMENTS // breaks.numel())
+    if flat.shape[0] <= rows:
+        return _tv_weight_rows(flat, v, sigma, breaks, c0, c1).reshape(y.shape)
+    out = torch.empty(flat.shape[0], dtype=flat.dtype, device=flat.device)
+    for start in range(0, flat.shape[0], rows):
+        out[start:start + rows] = _tv_weight_rows(flat[start:start + rows], v, sigma, breaks, c0, c1)
+    return out.reshape(y.shape)
+
+
+def _tv_weight_rows(flat, v, sigma, breaks, c0, c1):
+    """pi at the points ``flat`` (N, 1): (N,)."""
     # E_xi g(y - xi) = ∫ g(u) N(u; y, sigma^2) du; on a piece, with t = (u - y) / sigma:
     # ∫ (c0 + c1 y + c1 sigma t) phi(t) dt
     #     = (c0 + c1 y) (Phi(t_hi) - Phi(t_lo)) + c1 sigma (phi(t_lo) - phi(t_hi)).
@@ -330,7 +418,7 @@ def _tv_weight(y, v, sigma):
     mass = torch.where(t[:, :-1] > 0, upper[:, :-1] - upper[:, 1:], lower[:, 1:] - lower[:, :-1])
     val = ((c0 + c1 * flat) * mass + c1 * sigma * (dens[:, :-1] - dens[:, 1:])).sum(1)
     inside = (flat[:, 0] >= v[0]) & (flat[:, 0] <= v[-1])
-    return torch.where(inside, val.clamp_min(0.0), torch.zeros_like(val)).reshape(y.shape)
+    return torch.where(inside, val.clamp_min(0.0), torch.zeros_like(val))
 
 
 def tv_weight(y, data, mu, sigma):
@@ -349,10 +437,11 @@ def tv_weight(y, data, mu, sigma):
     y: tensor of any shape (typically (N,)); data: (n,), ``n >= 2``.
     Returns a tensor shaped like ``y`` (dtype: promotion of y's and data's). Cost O(N n).
     """
-    mu, sigma = _noise(mu, sigma)
+    _noise(mu, sigma)
     x = _data_1d(data)
     yy = _checks.as_tensor(y, "y", allow_empty=True)
     dtype = torch.promote_types(yy.dtype, x.dtype)
+    mu, sigma = _noise(mu, sigma, dtype)
     yy, x = yy.to(dtype), x.to(dtype=dtype, device=yy.device)
     if yy.numel() == 0:
         return yy.clone()
@@ -412,6 +501,8 @@ def _is_score_net(f):
 def _weighted_tv_net(net, v, sigma):
     """Exact ``sum_l |a_l w_l| / m * pi(k_l)`` for a 1-D net (single or ensemble)."""
     W1, b, W2 = net.W1.detach(), net.b.detach(), net.W2.detach()
+    _checks.finite_parameters("f", W1=W1, b=b, W2=W2)
+    _checks.noise_scale(sigma, "sigma", torch.promote_types(W2.dtype, v.dtype))
     if W1.shape[-1] != 1:
         raise ValueError("weighted_tv of a network needs a 1-D net (dim = 1), "
                          f"got dim = {W1.shape[-1]}")
@@ -448,6 +539,7 @@ def weighted_tv(f, data, mu, sigma, *, grid=2001):
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     grid = _checks.integer(grid, "grid", minimum=3)
+    _checks.noise_scale(sigma, "sigma", x.dtype)
     if _is_score_net(f):
         return _weighted_tv_net(f, mu * x, sigma)
     if isinstance(f, str):
@@ -463,7 +555,14 @@ def weighted_tv(f, data, mu, sigma, *, grid=2001):
     v = mu * x
     y = _grid(v, x, mu, sigma, grid)
     with torch.no_grad():
-        values = torch.as_tensor(f(y))
+        values = f(y)
+        if not isinstance(values, torch.Tensor):           # lists and arrays are fine too
+            try:
+                values = torch.as_tensor(values)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"f must return a tensor (or array) of values, got "
+                                f"{type(values).__name__}") from None
+        _checks.function_output(values, "f")
     if values.shape[-1:] != y.shape:
         raise ValueError(f"f(y) must end with the axis of y ({y.numel()} points), got shape "
                          f"{tuple(values.shape)}")

@@ -95,10 +95,8 @@ class TimeScoreNet(nn.Module):
         if ensemble is not None:
             ensemble = _checks.integer(ensemble, "ensemble", minimum=1)
         gens = _generators(generator, ensemble)
-        if dtype is None:
-            dtype = torch.get_default_dtype()
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        dtype = _checks.float_dtype(dtype)
+        device = _checks.device(device)
         self.width, self.dim, self.ensemble = width, dim, ensemble
         members = gens if isinstance(gens, list) else [gens] * (ensemble or 1)
         w1, w2 = _init_weights(width, dim, members, dtype, device)
@@ -204,11 +202,19 @@ def _forward(W1, b, W2, u):
     ``2^22`` entries (many sample points, wide nets, ensembles)."""
     K = W1.shape[0] if W1.dim() == 3 else 1
     rows = max(1, (1 << 22) // (K * W1.shape[-2]))
-    outs = []
-    for s in range(0, max(u.shape[-2], 1), rows):
-        h = torch.relu(u[..., s:s + rows, :] @ W1.transpose(-1, -2) + b.unsqueeze(-2))
-        outs.append(h @ W2.transpose(-1, -2))
-    return torch.cat(outs, dim=-2) / W1.shape[-2]
+
+    def block(uc):
+        return torch.relu(uc @ W1.transpose(-1, -2) + b.unsqueeze(-2)) @ W2.transpose(-1, -2)
+
+    N = u.shape[-2]
+    if N <= rows:
+        return block(u) / W1.shape[-2]
+    # many points: blocks written into one preallocated output (no list of pieces to join)
+    lead = torch.broadcast_shapes(u.shape[:-2], W1.shape[:-2])
+    out = u.new_empty(*lead, N, W2.shape[-2])
+    for s in range(0, N, rows):
+        out[..., s:s + rows, :] = block(u[..., s:s + rows, :])
+    return out / W1.shape[-2]
 
 
 # ---------------------------------------------------------------------- training
@@ -393,6 +399,8 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     """
     if not isinstance(net, TimeScoreNet):
         raise TypeError(f"net must be a TimeScoreNet, got {type(net).__name__}")
+    # a net that already holds NaN could only be "frozen" at NaN: refuse it
+    _checks.finite_parameters("net", W1=net.W1, b=net.b, W2=net.W2)
     dtype, device = net.W1.dtype, net.W1.device
     x0, _ = _checks.data_2d(data, "data", dtype=dtype, device=device)
     if x0.shape[1] != net.dim:
