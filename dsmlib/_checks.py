@@ -41,6 +41,7 @@ __all__ = [
     "float_dtype",
     "finite_parameters",
     "function_output",
+    "call_user",
     "same_shape",
 ]
 
@@ -71,9 +72,12 @@ def as_tensor(x, name: str, *, dtype: torch.dtype | None = None, device=None,
 
     Accepts tensors, NumPy arrays, Python numbers and (nested) lists of numbers.
     Raises ``TypeError`` for anything else (strings, None, complex or boolean tensors, sparse
-    tensors) and ``ValueError`` for NaN/inf entries, an empty input or a tensor on the ``meta``
-    device. Half-precision input becomes float32 (unless ``dtype`` says otherwise).
+    tensors) and ``ValueError`` for NaN/inf entries, an empty input, a tensor on the ``meta``
+    device, or finite values beyond the range of the dtype they are converted to (a list holding
+    ``1e300`` made float32). Half-precision input becomes float32 (unless ``dtype`` says
+    otherwise).
     """
+    target = dtype
     if isinstance(x, torch.Tensor):
         t = x
         if t.layout != torch.strided:
@@ -92,21 +96,27 @@ def as_tensor(x, name: str, *, dtype: torch.dtype | None = None, device=None,
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"{name} must be a number, a list of numbers, an array or a tensor; "
                             f"got {type(x).__name__}") from exc
-        t = torch.as_tensor(arr, dtype=dtype or torch.get_default_dtype())
+        t = torch.from_numpy(arr)
+        target = dtype or torch.get_default_dtype()
     else:
         raise TypeError(f"{name} must be a number, array or torch tensor, got {type(x).__name__}")
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must be real-valued, got dtype {t.dtype}")
     if not t.is_floating_point():
-        t = t.to(torch.get_default_dtype())
-    if t.dtype in _HALF and dtype is None:
-        t = t.to(torch.float32)
-    if dtype is not None or device is not None:
-        t = t.to(dtype=dtype or t.dtype, device=device if device is not None else t.device)
+        target = target or torch.get_default_dtype()
+    elif t.dtype in _HALF and target is None:
+        target = torch.float32
     if t.numel() == 0 and not allow_empty:
         raise ValueError(f"{name} is empty")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
+    if target is not None or device is not None:
+        big = float(t.detach().abs().max()) if t.numel() else 0.0
+        t = t.to(dtype=target or t.dtype, device=device if device is not None else t.device)
+        if big > torch.finfo(t.dtype).max:               # finite, but beyond the new dtype
+            kind = str(t.dtype).replace("torch.", "")
+            raise ValueError(f"{name} has values up to {big:.3g}, beyond the range of {kind} "
+                             f"(the dtype of this computation)")
     return t
 
 
@@ -290,9 +300,9 @@ def noise_levels(t: torch.Tensor, name: str, dtype: torch.dtype = torch.float64)
 
 
 def noise(mu, sigma, dtype: torch.dtype = torch.float64):
-    """``(mu, sigma)`` as floats: both positive; ``sigma`` as in :func:`noise_scale` for ``dtype``,
-    ``mu`` with a square that is a normal float64 number (``mu**2`` enters the posterior logits)."""
-    return noise_scale(mu, "mu"), noise_scale(sigma, "sigma", dtype)
+    """``(mu, sigma)`` as floats, both as in :func:`noise_scale` for ``dtype`` (``mu**2`` enters
+    the posterior logits and ``s*'``, ``1 / sigma**2`` every formula)."""
+    return noise_scale(mu, "mu", dtype), noise_scale(sigma, "sigma", dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,6 +395,16 @@ def finite_parameters(name: str, **tensors) -> None:
             raise ValueError(f"{name}.{key} is on the meta device (a tensor without data)")
         if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{name}.{key} contains NaN or infinite values")
+
+
+def call_user(fn, name: str, *args, signature: str = "y"):
+    """``fn(*args)``; a ``TypeError`` raised by the call (typically a function that takes other
+    arguments) is re-raised naming ``name`` and the expected signature."""
+    try:
+        return fn(*args)
+    except TypeError as exc:
+        raise TypeError(f"calling {name}({signature}) raised TypeError: {exc} ({name} must take "
+                        f"{signature} and return a tensor)") from exc
 
 
 def function_output(out, name: str, *, where: str = "", hint: str = ""):

@@ -99,13 +99,21 @@ def _checksum(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def _as_numpy(value):
+def _as_numpy(value, key):
     if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.dtype == torch_bfloat16():                  # no NumPy dtype: float32 is exact
+            value = value.float()
+        value = value.numpy()
     arr = np.asarray(value)
-    if arr.dtype == object:
-        raise TypeError("result arrays must be numeric, not Python objects")
+    if arr.dtype == object or arr.dtype.kind not in "biufcSUM":
+        raise TypeError(f"arrays[{key!r}] must be numeric, not Python objects (dtype {arr.dtype})")
     return arr
+
+
+def torch_bfloat16():
+    import torch
+    return torch.bfloat16
 
 
 def _major_minor(version) -> tuple:
@@ -262,7 +270,7 @@ def save_results(path, arrays: dict, config, *, extra: dict | None = None, overw
     if _META_KEY in arrays:
         raise ValueError(f"{_META_KEY!r} is reserved")
     cfg = config_to_dict(config)
-    np_arrays = {str(k): _as_numpy(v) for k, v in arrays.items()}
+    np_arrays = {str(k): _as_numpy(v, k) for k, v in arrays.items()}
     if path.exists() and not overwrite:
         try:
             _, old_meta = load_results(path, allow_other_version=True)

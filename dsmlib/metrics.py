@@ -13,6 +13,7 @@ See chapter 3, "Measuring memorization", and chapters 8–9.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,12 +58,19 @@ def _sq_dists(a, b):
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     d2 = d2.clamp_min_(0.0)
     if not bool(torch.isfinite(d2).all()):
-        c = max(float(a.abs().max()), float(b.abs().max()))
-        a64, b64 = a.to(torch.float64) / c, b.to(torch.float64) / c
-        n2 = ((a64 * a64).sum(1)[:, None] + (b64 * b64).sum(1)[None, :]
-              - 2.0 * (a64 @ b64.T)).clamp_min_(0.0)
-        d2 = torch.where(n2 == 0, torch.zeros_like(n2), n2 * (c * c)).to(a.dtype)
+        d2 = _sq_dists_direct(a, b)
     return d2
+
+
+def _sq_dists_direct(a, b):
+    """``|a_i - b_j|^2`` from the differences (``inf`` where it overflows, never NaN), in
+    sub-blocks of rows so the (p, q, d) differences stay about ``_BLOCK_ELEMENTS`` entries."""
+    out = torch.empty(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
+    rows = max(1, _BLOCK_ELEMENTS // max(b.shape[0] * a.shape[1], 1))
+    for start in range(0, a.shape[0], rows):
+        diff = a[start:start + rows, None, :] - b[None, :, :]
+        out[start:start + rows] = (diff * diff).sum(-1)
+    return out
 
 
 def _kernel_sum(a, b, bandwidth, chunk_size, same: bool):
@@ -104,7 +112,10 @@ def mmd(x, y, bandwidth: float = 1.0, *, unbiased: bool = True, chunk_size: int 
     ys, _ = _points(y, "y", min_points=2)
     xs, ys = _common(xs, ys, "x", "y")
     bandwidth = _checks.noise_scale(bandwidth, "bandwidth", xs.dtype)   # 1/bandwidth^2 finite
-    centre = torch.cat([xs, ys]).mean(0)  # the kernel is translation invariant; centring keeps
+    both = torch.cat([xs, ys])
+    centre = both.mean(0)                 # the kernel is translation invariant; centring keeps
+    if not bool(torch.isfinite(centre).all()):      # (the sum overflows for points near the
+        centre = (both / both.shape[0]).sum(0)      # dtype's largest value)
     xs, ys = xs - centre, ys - centre     # the Gram expansion accurate for data far from 0
     n, m = xs.shape[0], ys.shape[0]
     kxx = _kernel_sum(xs, xs, bandwidth, chunk_size, same=unbiased)
@@ -207,6 +218,17 @@ def fitted_gaussian(data) -> FittedGaussian:
     """
     x, was_1d = _points(data, "data", min_points=2)
     mean = x.mean(0)
+    if not bool(torch.isfinite(mean).all()):        # the sum overflows near the dtype's maximum
+        mean = (x / x.shape[0]).sum(0)
     xc = x - mean
     cov = xc.T @ xc / (x.shape[0] - 1)
+    if not bool(torch.isfinite(cov).all()):
+        # entries beyond the dtype's range: +-inf, not the NaN of inf - inf in the product
+        c = float(xc.abs().max())
+        if not math.isfinite(c):
+            raise ValueError("data spans more than the dtype's range (x - mean overflows); "
+                             "rescale the data")
+        u = xc.to(torch.float64) / c
+        g = u.T @ u / (x.shape[0] - 1)
+        cov = torch.where(g == 0, torch.zeros_like(g), g * c * c).to(x.dtype)
     return FittedGaussian(mean, cov, xc, was_1d)

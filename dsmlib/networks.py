@@ -328,6 +328,7 @@ def active_fraction(net, data, mu):
     """
     if not isinstance(net, TwoLayerScoreNet):
         raise TypeError(f"net must be a TwoLayerScoreNet, got {type(net).__name__}")
+    _checks.finite_parameters("net", **dict(zip(("W1", "b", "W2"), net._stacked())))
     W1, b, _ = (p.detach().to(torch.float64) for p in net._stacked())   # (K, m, d), (K, m)
     K, d = W1.shape[0], net.dim
     x = _checks.as_tensor(data, "data", dtype=torch.float64, device=W1.device)

@@ -50,21 +50,18 @@ def _prepare(y, data, mu, sigma):
     return yy.to(dtype), x.to(dtype=dtype, device=yy.device), mu, sigma, out_shape
 
 
-def _stable_moments(y, x, mu, sigma, *, variance=False):
-    """Posterior mean (and variance, 1-D) in float64 from logits that cannot overflow.
+def _stable_weights(y, x, mu, sigma):
+    """Posterior weights (float64, (N, n)) from logits that cannot overflow.
 
     The logits ``(mu y.x_j - mu^2 |x_j|^2 / 2) / sigma^2`` are written as ``S (a y'.x'_j - b |x'_j|^2)``
     with ``y' = y / c_y``, ``x' = x / c_x`` (entries in [-1, 1]), ``a, b <= 1`` and the scale ``S``
     (possibly ``inf``) factored out in logarithms; after subtracting the row maximum, the largest
     entry is exactly 0 and the others are ``<= 0`` (``-inf`` allowed), so the softmax has no
-    ``inf - inf``. Used only for the rows where the fast formula overflows. y: (N, d); x: (n, d).
-    Returns float64 tensors (N, d) [and (N,)].
+    ``inf - inf``. Used only for the rows where the fast formula overflows. y: (N, d); x: (n, d),
+    not all zero. Returns ``(alpha, x64, c_x)``.
     """
     y64, x64 = y.detach().to(torch.float64), x.detach().to(torch.float64)
     cy, cx = float(y64.abs().max()), float(x64.abs().max())
-    if cx == 0.0:                                            # every training point is 0
-        mean = torch.zeros_like(y64)
-        return (mean, torch.zeros_like(y64[:, 0])) if variance else mean
     yn, xn = (y64 / cy if cy > 0 else y64), x64 / cx
     la = math.log(mu) + (math.log(cy) if cy > 0 else -math.inf) + math.log(cx) - 2 * math.log(sigma)
     lb = 2 * math.log(mu) + 2 * math.log(cx) - math.log(2.0) - 2 * math.log(sigma)
@@ -74,11 +71,22 @@ def _stable_moments(y, x, mu, sigma, *, variance=False):
     t = a * (yn @ xn.T) - b * (xn * xn).sum(1)
     t = t - t.amax(1, keepdim=True)
     logits = torch.where(t == 0, torch.zeros_like(t), t * scale)
-    alpha = torch.softmax(logits, dim=1)
+    return torch.softmax(logits, dim=1), x64, cx
+
+
+def _stable_moments(y, x, mu, sigma, *, variance=False):
+    """Posterior mean (and variance, 1-D) in float64 via :func:`_stable_weights`.
+    y: (N, d); x: (n, d). Returns float64 tensors (N, d) [and (N,)]."""
+    if float(x.detach().abs().max()) == 0.0:                 # every training point is 0
+        mean = torch.zeros(y.shape, dtype=torch.float64, device=y.device)
+        return (mean, torch.zeros_like(mean[:, 0])) if variance else mean
+    alpha, x64, cx = _stable_weights(y, x, mu, sigma)
     mean = alpha @ x64
     if not variance:
         return mean
-    return mean, (alpha * (x64[None, :, 0] - mean[:, :1]) ** 2).sum(1)
+    # Var = c_x^2 sum_j alpha_j (x'_j - mean')^2: no inf * 0 when (x_j - mean)^2 overflows
+    var = (alpha * (x64[None, :, 0] / cx - mean[:, :1] / cx) ** 2).sum(1)
+    return mean, torch.where(var == 0, torch.zeros_like(var), var * (cx * cx))
 
 
 def _repair_rows(out, bad, recompute):

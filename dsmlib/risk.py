@@ -39,6 +39,8 @@ def noise_nodes(num_nodes: int = 1201, *, dtype=torch.float64, device=None):
     renormalised so the weights sum to one. Returns ``(z, w)``, each ``(num_nodes,)``.
     """
     num_nodes = _checks.integer(num_nodes, "num_nodes", minimum=3)
+    dtype = _checks.float_dtype(dtype)
+    device = _checks.device(device)
     z = torch.linspace(-_Z_MAX, _Z_MAX, num_nodes, dtype=torch.float64)
     w = torch.exp(-0.5 * z ** 2)
     w[0] *= 0.5
@@ -144,7 +146,7 @@ def _weighted_mean_sq(diff, weights, was_1d):
 
 
 def _evaluate(fn, y, name):
-    out = _checks.function_output(fn(y), name)
+    out = _checks.function_output(_checks.call_user(fn, name, y), name)
     if tuple(out.shape[out.dim() - y.dim():]) != tuple(y.shape):
         raise ValueError(f"{name} returned shape {tuple(out.shape)}; expected {tuple(y.shape)} "
                          f"(optionally with leading ensemble axes)")

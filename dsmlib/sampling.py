@@ -22,8 +22,6 @@ from .schedule import ou_mu, ou_sigma
 
 __all__ = ["reverse_sde_sample", "reverse_time_grid", "optimal_score_fn", "ReversePath"]
 
-_MU_FLOOR = math.sqrt(torch.finfo(torch.float64).tiny)   # smallest mu with a normal square
-
 
 class ReversePath(NamedTuple):
     """Output of :func:`reverse_sde_sample` with ``return_path=True``.
@@ -160,7 +158,7 @@ def reverse_sde_sample(score_fn: Callable, num_samples: int, dim: int, *, T: flo
 
 
 def _call_score(score_fn, y, t, k):
-    s = score_fn(y, t)
+    s = _checks.call_user(score_fn, "score_fn", y, t, signature="x, t")
     if not isinstance(s, torch.Tensor):
         raise TypeError(f"score_fn must return a torch.Tensor, got {type(s).__name__} "
                         f"(step {k}, t = {t:.6g})")
@@ -196,9 +194,13 @@ def optimal_score_fn(data) -> Callable:
     def score(x, t):
         from .optimal import optimal_score
         t = _checks.positive(t, "t")
+        x = _checks.as_tensor(x, "x", allow_empty=True)
+        _checks.points_like(x, x0.shape[1], "x")
         xd = pts.to(dtype=x.dtype, device=x.device)
-        # for t > 354, mu(t) = e^-t < 1.5e-154 has no normal square: it is raised to that floor,
-        # which changes s* = (mu E[W] - x) / sigma^2 by less than float64 resolution
-        return optimal_score(x, xd, max(ou_mu(t), _MU_FLOOR), ou_sigma(t))
+        # for large t, mu(t) = e^-t has no normal square in x's dtype (t > 354 in float64, t > 43
+        # in float32): it is raised to that floor, which changes s* = (mu E[W] - x) / sigma^2 by
+        # less than the dtype's resolution (for data of ordinary size)
+        floor = math.sqrt(torch.finfo(torch.promote_types(x.dtype, xd.dtype)).tiny)
+        return optimal_score(x, xd, max(ou_mu(t), floor), ou_sigma(t))
 
     return score

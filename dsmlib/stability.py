@@ -153,7 +153,7 @@ def _risk_inputs(data, mu, sigma, ensemble, dtype, device):
                              f"got {t.numel()}")
         if bool((t <= 0).any()):
             raise ValueError(f"{name} must be positive")
-        _checks.noise_levels(t, name, dtype if name == "sigma" else torch.float64)
+        _checks.noise_levels(t, name, dtype)
         return t.reshape(K, 1)
 
     return x, levels(mu, "mu"), levels(sigma, "sigma")
@@ -246,8 +246,11 @@ def relu_net_risk(net_or_params, data, mu, sigma):
         return base + (jump[:, None, :] * (2.0 * G * psi1 + torch.where(left, -Qpsi2, Qpsi2))).sum(-1)
 
     # the (K, n, m) terms are built for a block of data points at a time, so memory stays bounded;
-    # each point's sum over the m kinks does not depend on the block
-    block = max(1, _RISK_BLOCK_ELEMENTS // (K * m))
+    # each point's sum over the m kinks does not depend on the block. With autograd recording,
+    # the graph keeps every block anyway: blocks are then large (one block in all the book's uses,
+    # which keeps the Hessian-vector products of sharpness exactly as they were)
+    recording = torch.is_grad_enabled() and any(p.requires_grad for p in (w, a, b))
+    block = max(1, (_RISK_BLOCK_ELEMENTS if recording else _RISK_BLOCK_ELEMENTS // 4) // (K * m))
     if n <= block:
         per_point = point_terms(center)
     else:
@@ -408,13 +411,21 @@ def sharpness(net, data, mu, sigma, *, iters=100, tol=1e-6, init=None, generator
     with torch.enable_grad():
         risk = relu_net_risk(leaves, data, mu, sigma)
         grads = torch.autograd.grad(risk.sum(), trained, create_graph=True)
+    if not (bool(torch.isfinite(risk.detach()).all())
+            and all(bool(torch.isfinite(g.detach()).all()) for g in grads)):
+        raise FloatingPointError(f"sharpness: the risk or its gradient overflows in {dtype} at "
+                                 f"these parameters and noise level; use float64")
 
     def hvp(v):
         chunks = torch.split(v, sizes, dim=1)
         outs = [c.reshape(p.shape) for c, p in zip(chunks, trained)]
         hv = torch.autograd.grad(grads, trained, grad_outputs=outs, retain_graph=True, allow_unused=True)
         hv = [torch.zeros_like(p) if h is None else h for h, p in zip(hv, trained)]
-        return torch.cat([h.reshape(K, -1) for h in hv], 1).detach()
+        out = torch.cat([h.reshape(K, -1) for h in hv], 1).detach()
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"sharpness: a Hessian-vector product overflows in {dtype}; "
+                                     f"use float64")
+        return out
 
     if init is None:
         v0 = _random_vectors(K, P, generator, trained[0])

@@ -48,6 +48,7 @@ __all__ = [
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _PAIR_BLOCK_ELEMENTS = 1 << 22   # entries of a (rows, n) block of a pairwise computation
+_CUBE_LIMIT = 1e100              # |x| whose cubed posterior deviations stay finite in float64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,7 +398,7 @@ def _tv_weight(y, v, sigma):
     into a preallocated output (bounded memory for many queries and many data points)."""
     breaks, c0, c1 = _min_pieces(v)
     flat = y.reshape(-1, 1)
-    rows = max(1, _PAIR_BLOCK_ELEMENTS // breaks.numel())
+    rows = max(1, (_PAIR_BLOCK_ELEMENTS // 4) // breaks.numel())   # ~12 temporaries per block
     if flat.shape[0] <= rows:
         return _tv_weight_rows(flat, v, sigma, breaks, c0, c1).reshape(y.shape)
     out = torch.empty(flat.shape[0], dtype=flat.dtype, device=flat.device)
@@ -445,11 +446,27 @@ def tv_weight(y, data, mu, sigma):
     yy, x = yy.to(dtype), x.to(dtype=dtype, device=yy.device)
     if yy.numel() == 0:
         return yy.clone()
+    _check_magnitude(mu * x, dtype)
     return _tv_weight(yy, mu * x, sigma)
 
 
 def _third_central_moment(y, x, mu, sigma):
-    """E[(W - E W)^3] of the posterior W(y) (1-D), via softmax weights. y: (N,); x: (n,)."""
+    """E[(W - E W)^3] of the posterior W(y) (1-D), via softmax weights. y: (N,); x: (n,).
+    Rows whose logits overflow are recomputed from rescaled logits (as in dsmlib.optimal)."""
+    out = _third_central_moment_fast(y, x, mu, sigma)
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        from .optimal import _stable_weights
+        idx = bad.nonzero()[:, 0]
+        alpha, x64, cx = _stable_weights(y[idx, None], x[:, None], mu, sigma)
+        xn = x64[:, 0] / cx
+        m = alpha @ xn
+        third = (alpha * (xn[None, :] - m[:, None]) ** 3).sum(1)        # in units of c_x^3
+        out[idx] = torch.where(third == 0, torch.zeros_like(third), third * cx ** 3).to(out.dtype)
+    return out
+
+
+def _third_central_moment_fast(y, x, mu, sigma):
     out = torch.empty_like(y)
     chunk = max(1, (1 << 22) // x.numel())
     mx = mu * x
@@ -463,8 +480,24 @@ def _third_central_moment(y, x, mu, sigma):
 
 def _optimal_score_second_derivative(y, x, mu, sigma):
     r"""``s*''(y) = mu^3 E[(W - E W)^3] / sigma^6`` (differentiate eq. 9 once more:
-    ``d/dy E[f(W)] = (mu / sigma^2) Cov(f(W), W)``)."""
-    return mu ** 3 * _third_central_moment(y, x, mu, sigma) / sigma ** 6
+    ``d/dy E[f(W)] = (mu / sigma^2) Cov(f(W), W)``). Where ``sigma^6`` underflows or the value
+    overflows, it is computed as ``E[.] (mu / sigma^2)^3`` (``+-inf`` beyond float64, never NaN)."""
+    third = _third_central_moment(y, x, mu, sigma)
+    if sigma ** 6 > 0:
+        out = mu ** 3 * third / sigma ** 6
+        if bool(torch.isfinite(out).all()):
+            return out
+    k = mu / (sigma * sigma)
+    return torch.where(third == 0, torch.zeros_like(third), third * k * k * k)
+
+
+def _check_magnitude(v, dtype, name="data"):
+    """The weight pi sums ``n`` values of ``mu x``: refuse data so large that the sums overflow."""
+    top = float(v.abs().max()) * v.numel()
+    limit = torch.finfo(dtype).max / 16.0
+    if not top <= limit:
+        raise ValueError(f"{name} is too large for this computation in {dtype}: mu * |x| * n = "
+                         f"{top:.3g} exceeds {limit:.3g} (its sums would overflow); rescale the data")
 
 
 def _grid(v, x, mu, sigma, size):
@@ -502,6 +535,7 @@ def _weighted_tv_net(net, v, sigma):
     """Exact ``sum_l |a_l w_l| / m * pi(k_l)`` for a 1-D net (single or ensemble)."""
     W1, b, W2 = net.W1.detach(), net.b.detach(), net.W2.detach()
     _checks.finite_parameters("f", W1=W1, b=b, W2=W2)
+    _checks.float_dtype(W2.dtype, "f.W2.dtype")
     _checks.noise_scale(sigma, "sigma", torch.promote_types(W2.dtype, v.dtype))
     if W1.shape[-1] != 1:
         raise ValueError("weighted_tv of a network needs a 1-D net (dim = 1), "
@@ -539,23 +573,31 @@ def weighted_tv(f, data, mu, sigma, *, grid=2001):
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     grid = _checks.integer(grid, "grid", minimum=3)
-    _checks.noise_scale(sigma, "sigma", x.dtype)
+    _checks.noise(mu, sigma, x.dtype)
     if _is_score_net(f):
+        _check_magnitude(mu * x, x.dtype)
         return _weighted_tv_net(f, mu * x, sigma)
     if isinstance(f, str):
         if f != "optimal":
             raise ValueError(f'f must be a TwoLayerScoreNet, a callable or "optimal", got {f!r}')
         x64 = x.to(torch.float64)
         v = mu * x64
+        _check_magnitude(v, torch.float64)
+        if float(x64.abs().max()) > _CUBE_LIMIT:
+            raise ValueError(f"data is too large for weighted_tv('optimal'): the third moment of "
+                             f"the posterior needs |x| <= {_CUBE_LIMIT:.3g}; rescale the data")
         y = _grid(v, x64, mu, sigma, grid)
-        integrand = _optimal_score_second_derivative(y, x64, mu, sigma).abs() * _tv_weight(y, v, sigma)
+        weight = _tv_weight(y, v, sigma)
+        d2 = _optimal_score_second_derivative(y, x64, mu, sigma).abs()
+        integrand = torch.where(weight == 0, torch.zeros_like(weight), d2 * weight)  # no inf * 0
         return float(torch.trapezoid(integrand, y))
     if not callable(f):
         raise TypeError(f'f must be a TwoLayerScoreNet, a callable or "optimal", got {type(f).__name__}')
     v = mu * x
+    _check_magnitude(v, x.dtype)
     y = _grid(v, x, mu, sigma, grid)
     with torch.no_grad():
-        values = f(y)
+        values = _checks.call_user(f, "f", y)
         if not isinstance(values, torch.Tensor):           # lists and arrays are fine too
             try:
                 values = torch.as_tensor(values)
@@ -571,4 +613,7 @@ def weighted_tv(f, data, mu, sigma, *, grid=2001):
     slopes = torch.diff(values, dim=-1) / torch.diff(yv)
     jumps = torch.diff(slopes, dim=-1).abs()                                 # at interior nodes
     out = (jumps * _tv_weight(yv[1:-1], v.to(values.dtype), sigma)).sum(-1)
+    if bool(torch.isnan(out).any()):
+        raise FloatingPointError("the slopes of f overflow (inf - inf): f's values are too large "
+                                 "for the grid's spacing in this dtype")
     return float(out) if out.dim() == 0 else out

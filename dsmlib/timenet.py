@@ -131,7 +131,7 @@ class TimeScoreNet(nn.Module):
     # ------------------------------------------------------------------ evaluation
     def _points(self, x):
         """x -> (X, out_shape): X (N, d) shared or (K, N, d) per member."""
-        x = _checks.as_tensor(x, "x", allow_empty=True)
+        x = _checks.as_tensor(x, "x", dtype=self.W1.dtype, allow_empty=True)
         d, K = self.dim, self.ensemble
         if d == 1:
             if x.dim() == 1 or (x.dim() == 2 and K is not None and x.shape[0] == K):
@@ -164,7 +164,10 @@ class TimeScoreNet(nn.Module):
                 raise ValueError(f"t must be a number or have shape {shapes}, "
                                  f"got {tuple(tt.shape)}")
         else:
-            tt = torch.full((), _checks.scalar(t, "t"), dtype=X.dtype, device=X.device)
+            tv = _checks.scalar(t, "t")
+            if abs(tv) > torch.finfo(X.dtype).max:
+                raise ValueError(f"t = {tv:g} is beyond the range of {X.dtype}")
+            tt = torch.full((), tv, dtype=X.dtype, device=X.device)
         lead = torch.broadcast_shapes(X.shape[:-1], tt.shape)
         tt = tt.expand(lead)
         u = torch.cat([tt[..., None], X.expand(lead + X.shape[-1:])], dim=-1)
@@ -288,6 +291,8 @@ def _learning_rates(lr, K, dtype, device):
             raise ValueError("lr entries must be positive")
         return t, t.clone()
     v = _checks.positive(lr, "lr")
+    if v > torch.finfo(dtype).max:
+        raise ValueError(f"lr = {v:g} is beyond the range of the network's dtype {dtype}")
     return torch.full((K,), v, dtype=dtype, device=device), v
 
 
@@ -472,6 +477,7 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     return TimeTrainResult(net=net, loss_history=hist, log_steps=log_steps, final_loss=final,
                            diverged=diverged, diverged_step=diverged_at, steps=steps, lr=lr_out,
                            batch_size=batch_size, reduction=reduction,
-                           time_weighting=time_weighting, T=float(T), delta=float(delta),
+                           time_weighting=time_weighting, T=_checks.positive(T, "T"),
+                           delta=_checks.positive(delta, "delta"),
                            num_times=int(num_times), seconds=seconds,
                            steps_per_second=steps / max(seconds, 1e-12))

@@ -466,7 +466,7 @@ def _validate(net, data, mu, sigma, lr, steps, batch_size, reduction, log_every,
     _checks.finite_parameters("net", **dict(zip(("W1", "b", "W2"), net._stacked())))
     single = net.ensemble is None
     K = 1 if single else net.ensemble
-    mu = _checks.noise_levels(_per_member_positive(mu, "mu", K, single), "mu")
+    mu = _checks.noise_levels(_per_member_positive(mu, "mu", K, single), "mu", net.W2.dtype)
     sigma = _checks.noise_levels(_per_member_positive(sigma, "sigma", K, single), "sigma",
                                  net.W2.dtype)
     dev = net.W2.device if device is None else _checks.device(device)
