@@ -42,6 +42,7 @@ __all__ = [
     "finite_parameters",
     "function_output",
     "call_user",
+    "network_output",
     "same_shape",
 ]
 
@@ -285,7 +286,7 @@ def noise_scale(x, name: str, dtype: torch.dtype = torch.float64) -> float:
     if not lo <= v <= hi:
         kind = str(dtype).replace("torch.", "")
         raise ValueError(f"{name} must lie in [{lo:.3g}, {hi:.3g}] for {kind} computations "
-                         f"({name}**2 must be a normal {kind} number), got {v:g}"
+                         f"({name}^2 must be a normal {kind} number), got {v:g}"
                          + ("; use float64 inputs" if dtype != torch.float64 else ""))
     return v
 
@@ -395,6 +396,17 @@ def finite_parameters(name: str, **tensors) -> None:
             raise ValueError(f"{name}.{key} is on the meta device (a tensor without data)")
         if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{name}.{key} contains NaN or infinite values")
+
+
+def network_output(out: torch.Tensor, net, name: str = "net") -> torch.Tensor:
+    """``out`` (a network's output) unless it holds NaN: then ``ValueError`` naming the parameter
+    that holds NaN/inf, or ``FloatingPointError`` when finite parameters overflowed
+    (``inf - inf``) for these inputs. Returns ``out``."""
+    if bool(torch.isnan(out.detach()).any()):
+        finite_parameters(name, **dict(net.named_parameters()), **dict(net.named_buffers()))
+        raise FloatingPointError(f"{name}'s output overflows to NaN (inf - inf) at these points in "
+                                 f"{out.dtype}; use float64 or smaller weights")
+    return out
 
 
 def call_user(fn, name: str, *args, signature: str = "y"):

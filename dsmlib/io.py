@@ -8,7 +8,7 @@ Writing goes to a hidden temporary file in the same folder (``.NAME.HOST.PID.RAN
 followed by an atomic ``os.replace``, so the result file is always either the old one or the
 complete new one. Ctrl-C and SIGTERM during a save remove the temporary file; after a SIGKILL or
 a power cut it can remain, and the next save to the same folder deletes the temporary files whose
-writing process no longer exists. Loading verifies the checksum, the metadata, the version (same
+writing process no longer exists (whichever file they were for). Loading verifies the checksum, the metadata, the version (same
 ``major.minor`` as this dsmlib) and, when asked, the configuration and the arrays present.
 :func:`check_writable` checks a destination *before* a long computation.
 """
@@ -143,11 +143,12 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_stale_temps(path: Path) -> None:
-    """Delete temporary files of saves to ``path`` whose writer is gone (killed, crashed).
+    """Delete the temporary files, in ``path``'s folder, of saves whose writer is gone (killed,
+    crashed), whatever file they were writing.
 
     Ours are ``.NAME.HOST.PID.RANDOM.tmp``: removed when HOST is this machine and PID is not a
-    running process. Files named ``NAME.XXXXXXXX.tmp`` (older dsmlib versions) carry no owner and
-    are removed once older than ten minutes.
+    running process. Files named ``NAME.XXXXXXXX.tmp`` for this very ``NAME`` (older dsmlib
+    versions) carry no owner and are removed once older than ten minutes.
     """
     folder, name = path.parent, path.name
     try:
@@ -160,10 +161,10 @@ def _remove_stale_temps(path: Path) -> None:
         if not fname.endswith(".tmp"):
             continue
         try:
-            if fname.startswith(f".{name}."):
-                parts = fname[len(name) + 2:-len(".tmp")].rsplit(".", 2)
-                if len(parts) == 3 and parts[0] == host and parts[1].isdigit() \
-                        and not _alive(int(parts[1])):
+            if fname.startswith("."):
+                parts = fname[1:-len(".tmp")].rsplit(".", 3)
+                if len(parts) == 4 and parts[1] == host and parts[2].isdigit() \
+                        and not _alive(int(parts[2])):
                     os.unlink(e.path)
             elif fname.startswith(f"{name}.") and now - e.stat().st_mtime > _LEGACY_TMP_AGE:
                 os.unlink(e.path)

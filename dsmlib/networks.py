@@ -228,7 +228,7 @@ class TwoLayerScoreNet(nn.Module):
             out = y2.new_empty(K, N, self.dim)
             for start in range(0, N, chunk):
                 out[:, start:start + chunk] = block(y2[start:start + chunk])
-        out = (out / m).reshape(K, *out_shape)
+        out = _checks.network_output((out / m).reshape(K, *out_shape), self)
         return out[0] if self.ensemble is None else out
 
     def forward_members(self, y):
@@ -261,7 +261,7 @@ class TwoLayerScoreNet(nn.Module):
             else:
                 h = torch.baddbmm(b.unsqueeze(1), yc, W1.transpose(1, 2))    # (K, n_c, m)
             out[:, start:start + chunk] = torch.bmm(h.relu_(), W2.transpose(1, 2))
-        return (out / m).reshape(shape)
+        return _checks.network_output((out / m).reshape(shape), self)
 
     # ------------------------------------------------------------------ inspection
     def kinks(self) -> torch.Tensor:

@@ -200,7 +200,10 @@ def log_mixture_density(y, data, mu, sigma, *, chunk_size=None):
     out = torch.empty(yy.shape[0], dtype=yy.dtype, device=yy.device)
     mx = mu * x
     for sl in _chunks(yy.shape[0], n * d, chunk_size):
-        sq = ((yy[sl, None, :] - mx[None, :, :]) ** 2).sum(-1)          # (chunk, n)
+        if d == 1:      # the same numbers without the (chunk, n, 1) array and its 1-term sum
+            sq = (yy[sl] - mx[:, 0][None, :]) ** 2                       # (chunk, n)
+        else:
+            sq = ((yy[sl, None, :] - mx[None, :, :]) ** 2).sum(-1)      # (chunk, n)
         out[sl] = torch.logsumexp(-sq / (2 * sigma ** 2), dim=1) - log_norm
     return out
 
@@ -217,7 +220,7 @@ def naive_optimal_score(y, data, mu, sigma, *, chunk_size=None):
         raise ValueError("naive_optimal_score is the 1-D formula; data must have shape (n,)")
     out = torch.empty(yy.shape[0], dtype=yy.dtype, device=yy.device)
     mx = mu * x[:, 0][None, :]
-    for sl in _chunks(yy.shape[0], x.shape[0], chunk_size):
+    for sl in _chunks(yy.shape[0], 4 * x.shape[0], chunk_size):      # ~8 temporaries a chunk
         diff = mx - yy[sl]                                               # (chunk, n)
         phi = torch.exp(-diff ** 2 / (2 * sigma ** 2))
         out[sl] = (diff * phi).sum(1) / (sigma ** 2 * phi.sum(1))

@@ -259,8 +259,9 @@ def relu_net_risk(net_or_params, data, mu, sigma):
             per_point[:, start:start + block] = point_terms(center[:, start:start + block])
     risk = per_point.mean(-1)
     if bool(torch.isnan(risk.detach()).any()):
-        raise FloatingPointError(f"relu_net_risk overflowed in {dtype} (a NaN from inf - inf): the "
-                                 f"parameters or 1/sigma are too large for this dtype; use float64")
+        raise FloatingPointError(f"relu_net_risk: the risk overflows in {dtype} (a NaN from inf - "
+                                 f"inf): the parameters or 1/sigma are too large for this dtype; "
+                                 f"use float64")
     return risk[0] if ensemble is None else risk
 
 

@@ -496,8 +496,10 @@ def _check_magnitude(v, dtype, name="data"):
     top = float(v.abs().max()) * v.numel()
     limit = torch.finfo(dtype).max / 16.0
     if not top <= limit:
-        raise ValueError(f"{name} is too large for this computation in {dtype}: mu * |x| * n = "
-                         f"{top:.3g} exceeds {limit:.3g} (its sums would overflow); rescale the data")
+        kind = str(dtype).replace("torch.", "")
+        raise ValueError(f"{name} is too large for this computation in {kind}: n mu max(abs(x)) = "
+                         f"{top:.3g} exceeds {limit:.3g} (its sums would overflow); rescale the "
+                         f"data")
 
 
 def _grid(v, x, mu, sigma, size):

@@ -182,7 +182,8 @@ class TimeScoreNet(nn.Module):
         Returns ``(N,)`` / ``(N, d)``, with a leading ``K`` for an ensemble.
         """
         u, _, out_shape = self._inputs(t, x)
-        return _forward(self.W1, self.b, self.W2, u).reshape(out_shape)
+        return _checks.network_output(_forward(self.W1, self.b, self.W2, u).reshape(out_shape),
+                                      self)
 
     def score(self, x, t):
         r"""Score ``s_theta(x, t) = -r_theta(t, x) / sigma(t)``, ``sigma(t) = sqrt(1 - e^{-2t})``.
@@ -193,7 +194,7 @@ class TimeScoreNet(nn.Module):
         u, tt, out_shape = self._inputs(t, x)
         if bool((tt <= 0).any()):
             raise ValueError("t must be > 0 for the score (sigma(0) = 0)")
-        r = _forward(self.W1, self.b, self.W2, u)
+        r = _checks.network_output(_forward(self.W1, self.b, self.W2, u), self)
         sig = torch.sqrt(-torch.expm1(-2.0 * tt))
         return (-r / sig[..., None]).reshape(out_shape)
 
