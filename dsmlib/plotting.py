@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["table", "Table", "fmt", "mean_ci", "plot_scores", "plot_over_lrs", "plot_samples_2d", "plot_over_dims"]
+__all__ = ["glue", "table", "Table", "fmt", "decomposition_table", "plot_decomposition", "mean_ci", "plot_scores", "plot_over_lrs", "plot_samples_2d", "plot_over_dims"]
 
 
 def fmt(value, spec: str = ".3g") -> str:
@@ -164,3 +164,70 @@ def plot_over_dims(ax, dims, values, *, label=None, color=None, level=0.95):
     ax.set_xscale("log")
     ax.set_xlabel("dimension $d$")
     return ax
+
+
+# parts of :func:`dsmlib.experiments.decompose`, in stacking order, with their colours
+DECOMPOSITION_PARTS = (("floor", "0.75", "floor (the smallest $\\eta$, decayed)"),
+                       ("collapse", "C3", "collapse (every unit off)"),
+                       ("smoothing", "C2", "smoothing (live, after the decay)"),
+                       ("noise", "C0", "SGD noise (removed by the decay)"))
+
+
+def decomposition_table(parts, lrs):
+    """The decomposition of :func:`dsmlib.experiments.decompose` as a :class:`Table`.
+
+    One row per learning rate: the mean of each part ``± the half-width`` of its 95% interval
+    (Student t, symmetric), and the number of collapsed and diverged networks out of those run.
+    """
+    def pm(p, i):
+        m, hi = parts[p][i], parts[p + "_hi"][i]
+        return f"{fmt(m, '.2g')} \u00b1 {fmt(hi - m, '.2g')}" if np.isfinite(m) else fmt(m)
+
+    rows = []
+    for i, lr in enumerate(lrs):
+        n, div = int(parts["n"][i]), int(parts["diverged"][i])
+        rows.append({"eta": fmt(lr), "total": pm("total", i), "collapse": pm("collapse", i),
+                     "smoothing": pm("smoothing", i), "SGD noise": pm("noise", i),
+                     "collapsed, diverged": f"{int(parts['collapsed'][i])}, {div} of {n + div}"})
+    return table(rows, index="eta")
+
+
+def plot_decomposition(ax, parts, lrs, *, title=None, legend=True):
+    """Stacked bars of the decomposition at each learning rate (negative parts drawn below 0),
+    with the mean total and its 95% interval as a black dot."""
+    x = np.arange(len(lrs))
+    pos, neg = np.zeros(len(lrs)), np.zeros(len(lrs))
+    for key, color, label in DECOMPOSITION_PARTS:
+        v = np.nan_to_num(np.asarray(parts[key], dtype=np.float64))
+        bottom = np.where(v >= 0, pos, neg)
+        ax.bar(x, v, bottom=bottom, color=color, width=0.6, label=label)
+        pos, neg = pos + np.maximum(v, 0), neg + np.minimum(v, 0)
+    tot = np.asarray(parts["total"], dtype=np.float64)
+    ax.errorbar(x, tot, yerr=[tot - parts["total_lo"], parts["total_hi"] - tot], fmt="ko",
+                capsize=4, ms=4, label="total (mean, 95% interval)")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, [fmt(lr) for lr in lrs])
+    ax.set_xlabel(r"learning rate $\eta$")
+    ax.set_ylabel("excess risk")
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+    return ax
+
+
+def glue(name: str, value):
+    """``myst_nb.glue(name, value, display=False)`` with NumPy and torch scalars turned into Python
+    numbers first, so that ``{glue:text}`name:.3g``` can format them (NumPy 2 writes a float64 as
+    ``np.float64(0.5)``, which a format spec cannot read)."""
+    from myst_nb import glue as _glue
+
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        value = bool(value)
+    elif isinstance(value, (int, np.integer)):
+        value = int(value)
+    elif isinstance(value, (float, np.floating)):
+        value = float(value)
+    _glue(name, value, display=False)

@@ -79,8 +79,9 @@ def _grid(T: float, delta: float, steps: int) -> torch.Tensor:
 
 def reverse_sde_sample(score_fn: Callable, num_samples: int, dim: int, *, T: float = 1.0,
                        delta: float = 0.01, steps: int = 100, ensemble: int | None = None,
-                       generator: torch.Generator | None = None, dtype: torch.dtype | None = None,
-                       device=None, return_path: bool = False, progress: bool = False):
+                       generator=None, dtype: torch.dtype | None = None, device=None,
+                       return_path: bool = False, progress: bool = False,
+                       check_every: int | None = None, nonfinite: str = "raise"):
     r"""Draw samples by integrating the backward OU SDE from forward time ``T`` down to ``delta``.
 
     Scheme (exponential integrator): on the uniform forward-time grid
@@ -110,13 +111,20 @@ def reverse_sde_sample(score_fn: Callable, num_samples: int, dim: int, *, T: flo
     ensemble: ``None`` or ``K >= 1``: integrate ``K`` independent sets of ``N`` samples at once;
         the states then carry a leading axis ``K`` (for the score of an ensemble of ``K`` networks,
         member ``k`` drives set ``k``).
-    generator: ``torch.Generator`` for the start and the noise (on ``device``).
+    generator: ``torch.Generator`` for the start and the noise (on ``device``); with
+        ``ensemble=K`` also a list of ``K`` generators, one per set: set ``k`` is then exactly
+        the samples of a single run (``ensemble=None``) with generator ``k``.
     dtype, device: of the samples (default: ``torch.get_default_dtype()``, CPU).
+    check_every: the score's output is tested for NaN/inf at every step, on the device; the
+        host looks at the result every ``check_every`` steps and at the end (default: every step
+        on a CPU, every 100 steps elsewhere, so a GPU is not made to wait at each step).
+    nonfinite: ``"raise"`` (default): ``FloatingPointError`` naming the first step and time at
+        which the score returned NaN or inf; ``"keep"``: no check, non-finite values stay in the
+        samples (for an ensemble whose members are judged one by one afterwards).
 
     Returns samples of shape ``(N,)`` when ``dim == 1`` and ``(N, dim)`` otherwise (``(K, ...)``
     in front with ``ensemble``), distributed approximately as ``p_delta``. With ``return_path``
     returns a :class:`ReversePath` ``(samples, path, times)`` instead.
-    Raises ``FloatingPointError`` naming the step and time if the score returns NaN or inf.
     """
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
@@ -125,20 +133,33 @@ def reverse_sde_sample(score_fn: Callable, num_samples: int, dim: int, *, T: flo
     T, delta, steps = _check_grid(T, delta, steps)
     if ensemble is not None:
         ensemble = _checks.integer(ensemble, "ensemble", minimum=1)
-    generator = _checks.generator_or_none(generator)
     dtype = _checks.float_dtype(dtype)
     device = torch.device("cpu") if device is None else _checks.device(device)
     _check_step(T, delta, steps, dtype)
+    gens = _sampler_generators(generator, ensemble, device)
+    if nonfinite not in ("raise", "keep"):
+        raise ValueError(f"nonfinite must be 'raise' or 'keep', got {nonfinite!r}")
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 100
+    check_every = _checks.integer(check_every, "check_every", minimum=1)
 
     lead = () if ensemble is None else (ensemble,)
     shape = lead + ((num_samples,) if dim == 1 else (num_samples, dim))
     times = _grid(T, delta, steps)
 
-    y = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    def gaussian():
+        if not isinstance(gens, list):
+            return torch.randn(shape, generator=gens, dtype=dtype, device=device)
+        return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=device)
+                            for g in gens])
+
+    y = gaussian()
     path = None
     if return_path:
         path = torch.empty((steps + 1,) + shape, dtype=dtype, device=device)
         path[0] = y
+    # first step at which the score was not finite (-1: none), kept on the device
+    bad = torch.full((), -1, dtype=torch.long, device=device) if nonfinite == "raise" else None
     iterator = range(steps)
     if progress:
         from tqdm.auto import tqdm
@@ -147,14 +168,48 @@ def reverse_sde_sample(score_fn: Callable, num_samples: int, dim: int, *, T: flo
         for k in iterator:
             t, h = float(times[k]), float(times[k] - times[k + 1])
             s = _call_score(score_fn, y, t, k)
+            if bad is not None:
+                bad = torch.where((bad < 0) & ~torch.isfinite(s).all(), k, bad)
+                if (k + 1) % check_every == 0 or k + 1 == steps:
+                    _raise_if_bad(bad, times)
             grow = math.exp(h)
-            noise = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+            noise = gaussian()
             y = grow * y + (2.0 * math.expm1(h)) * s + math.sqrt(math.expm1(2.0 * h)) * noise
             if path is not None:
                 path[k + 1] = y
     if return_path:
         return ReversePath(y, path, times)
     return y
+
+
+def _sampler_generators(generator, ensemble, device):
+    """None, one torch.Generator, or (with an ensemble of K) a list of K generators."""
+    if isinstance(generator, (list, tuple)):
+        if ensemble is None:
+            raise ValueError("a list of generators needs ensemble=K (one generator per set of "
+                             "samples); pass a single torch.Generator otherwise")
+        if len(generator) != ensemble:
+            raise ValueError(f"generator list has {len(generator)} entries but ensemble = "
+                             f"{ensemble}")
+        gens = list(generator)
+        for g in gens:
+            if not isinstance(g, torch.Generator):
+                raise TypeError(f"generator list entries must be torch.Generator objects, "
+                                f"got {type(g).__name__}")
+    else:
+        gens = _checks.generator_or_none(generator)
+    for g in (gens if isinstance(gens, list) else [gens]):
+        if g is not None and g.device.type != device.type:
+            raise ValueError(f"generator is on {g.device} but the samples are drawn on {device}")
+    return gens
+
+
+def _raise_if_bad(bad, times):
+    k = int(bad)  # the only wait for the device: every check_every steps
+    if k >= 0:
+        raise FloatingPointError(f"score_fn returned NaN or inf at step {k} (forward time "
+                                 f"t = {float(times[k]):.6g}); try a larger delta or check the "
+                                 f"score")
 
 
 def _call_score(score_fn, y, t, k):
@@ -174,8 +229,9 @@ def _call_score(score_fn, y, t, k):
             raise ValueError(f"score_fn returned shape {tuple(s.shape)} for states of shape "
                              f"{tuple(y.shape)} (step {k}, t = {t:.6g}); it must return the "
                              f"shape of its input{hint}")
-    _checks.function_output(s, "score_fn", where=f" at step {k} (forward time t = {t:.6g})",
-                            hint="; try a larger delta or check the score")
+    if s.device.type == "meta" or s.layout != torch.strided:
+        raise TypeError(f"score_fn must return a dense tensor with data, got one on "
+                        f"{s.device} with layout {s.layout} (step {k}, t = {t:.6g})")
     return s.to(dtype=y.dtype, device=y.device)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from . import _fused_timenet as _fused
 from .schedule import ou_mu, ou_sigma
 
 __all__ = ["TimeScoreNet", "train_time_score_net", "TimeTrainResult", "time_grid_weights"]
@@ -129,9 +130,10 @@ class TimeScoreNet(nn.Module):
         return f"width={self.width}, dim={self.dim}, ensemble={self.ensemble}"
 
     # ------------------------------------------------------------------ evaluation
-    def _points(self, x):
+    def _points(self, x, check=True):
         """x -> (X, out_shape): X (N, d) shared or (K, N, d) per member."""
-        x = _checks.as_tensor(x, "x", dtype=self.W1.dtype, allow_empty=True)
+        if check or not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            x = _checks.as_tensor(x, "x", dtype=self.W1.dtype, allow_empty=True)
         d, K = self.dim, self.ensemble
         if d == 1:
             if x.dim() == 1 or (x.dim() == 2 and K is not None and x.shape[0] == K):
@@ -151,9 +153,9 @@ class TimeScoreNet(nn.Module):
         out_shape = lead + ((n,) if d == 1 else (n, d))
         return X.to(dtype=self.W1.dtype, device=self.W1.device), out_shape
 
-    def _inputs(self, t, x):
+    def _inputs(self, t, x, check=True):
         """(t, x) -> (u, tt, out_shape): u = [t, x] with t broadcast, (N, d+1) or (K, N, d+1)."""
-        X, out_shape = self._points(x)
+        X, out_shape = self._points(x, check)
         if isinstance(t, torch.Tensor) and t.numel() != 1 or isinstance(t, (list, tuple)) \
                 or (hasattr(t, "ndim") and getattr(t, "ndim", 0) > 0):
             tt = _checks.as_tensor(t, "t", dtype=X.dtype, device=X.device, allow_empty=True)
@@ -173,28 +175,41 @@ class TimeScoreNet(nn.Module):
         u = torch.cat([tt[..., None], X.expand(lead + X.shape[-1:])], dim=-1)
         return u, tt, out_shape
 
-    def forward(self, t, x):
+    def forward(self, t, x, *, check: bool = True):
         r"""Noise prediction ``r_theta(t, x) = (1/m) W2 ReLU(W1 [t, x] + b)``.
 
         t: a number, ``(N,)`` (one time per point) or, for an ensemble, ``(K, N)``.
         x: ``(N,)`` when ``dim == 1``, else ``(N, d)``; for an ensemble also ``(K, N)`` /
         ``(K, N, d)`` (member ``k`` evaluated on ``x[k]``).
+        check: ``False`` skips the tests that a tensor ``x`` is finite and that the output holds
+        no NaN (each waits for the device; shapes are still checked): for inner loops such as the
+        sampler's, where NaN is allowed to propagate and is looked for at the end.
         Returns ``(N,)`` / ``(N, d)``, with a leading ``K`` for an ensemble.
         """
-        u, _, out_shape = self._inputs(t, x)
-        return _checks.network_output(_forward(self.W1, self.b, self.W2, u).reshape(out_shape),
-                                      self)
+        u, _, out_shape = self._inputs(t, x, check)
+        out = _forward(self.W1, self.b, self.W2, u).reshape(out_shape)
+        return _checks.network_output(out, self) if check else out
 
-    def score(self, x, t):
+    def score(self, x, t, *, check: bool = True):
         r"""Score ``s_theta(x, t) = -r_theta(t, x) / sigma(t)``, ``sigma(t) = sqrt(1 - e^{-2t})``.
 
         Signature ``(x, t)`` as expected by :func:`dsmlib.reverse_sde_sample`; ``t > 0``
-        (a number or a tensor of times as in :meth:`forward`). Shapes as in :meth:`forward`.
+        (a number or a tensor of times as in :meth:`forward`). Shapes and ``check`` as in
+        :meth:`forward` (a number ``t`` is always checked, on the host).
         """
-        u, tt, out_shape = self._inputs(t, x)
-        if bool((tt <= 0).any()):
+        if not isinstance(t, torch.Tensor) and not _checks.is_sequence(t) \
+                and not (hasattr(t, "ndim") and getattr(t, "ndim", 0) > 0):
+            if _checks.scalar(t, "t") <= 0:
+                raise ValueError("t must be > 0 for the score (sigma(0) = 0)")
+            check_t = False
+        else:
+            check_t = check
+        u, tt, out_shape = self._inputs(t, x, check)
+        if check_t and bool((tt <= 0).any()):
             raise ValueError("t must be > 0 for the score (sigma(0) = 0)")
-        r = _checks.network_output(_forward(self.W1, self.b, self.W2, u), self)
+        r = _forward(self.W1, self.b, self.W2, u)
+        if check:
+            _checks.network_output(r, self)
         sig = torch.sqrt(-torch.expm1(-2.0 * tt))
         return (-r / sig[..., None]).reshape(out_shape)
 
@@ -298,13 +313,14 @@ def _learning_rates(lr, K, dtype, device):
 
 
 def _draw_batch(data, times, mu, sig, probs, K, B, gens, dtype, device):
-    """Fresh batch: u = [t, mu(t) x_I + sigma(t) z] (K, B, d+1) and target z (K, B, d).
+    """Fresh batch (per-step draws): u = [t, mu(t) x_I + sigma(t) z] (K, B, d+1), z (K, B, d).
 
-    Each member's draws, in order: data indices (B,), time indices (B,), noise (B, d). With a
-    list of generators member k uses generator k (so it matches a single-network run); with one
-    generator (or None) the K batches are drawn together.
+    data: (n, d) shared by the members or (K, n, d), one data set per member.
+    Each member's draws, in order: data indices (B,), time indices (B,) (``torch.multinomial``),
+    noise (B, d). With a list of generators member k uses generator k (so it matches a
+    single-network run); with one generator (or None) the K batches are drawn together.
     """
-    n, d = data.shape
+    n, d = data.shape[-2], data.shape[-1]
 
     def draw(g, k):
         idx = torch.randint(n, (k * B,), generator=g, device=device)
@@ -318,10 +334,44 @@ def _draw_batch(data, times, mu, sig, probs, K, B, gens, dtype, device):
     else:
         idx, ti, z = draw(gens, K)
     t = times[ti]
-    xt = mu[ti, None] * data[idx] + sig[ti, None] * z
+    x = data[idx] if data.dim() == 2 else \
+        data[torch.arange(K, device=device).repeat_interleave(B), idx]
+    xt = mu[ti, None] * x + sig[ti, None] * z
     u = torch.cat([t[:, None], xt], dim=1)
     return u.reshape(K, B, d + 1), z.reshape(K, B, d)
 
+
+def _draw_block(data, times, mu, sig, cdf, K, S, B, gens, dtype, device):
+    """Fresh batches for ``S`` steps at once (block draws, no host synchronisation):
+    u (K, S, B, d+1), z (K, S, B, d).
+
+    Each member's draws, in order: data indices (S, B), uniforms (S, B) in float64 turned into
+    time indices by the inverse CDF (``searchsorted(cdf, U, right=True)``), noise (S, B, d).
+    A list of generators: member k uses generator k; one generator (or None): the K blocks are
+    drawn together, each draw with a leading K axis.
+    """
+    n, d = data.shape[-2], data.shape[-1]
+
+    def draw(g, k):
+        idx = torch.randint(n, (k, S, B), generator=g, device=device)
+        uni = torch.rand((k, S, B), generator=g, dtype=torch.float64, device=device)
+        z = torch.randn((k, S, B, d), generator=g, dtype=dtype, device=device)
+        return idx, uni, z
+
+    if isinstance(gens, list):
+        idx, uni, z = (torch.cat(p) for p in zip(*[draw(g, 1) for g in gens]))
+    else:
+        idx, uni, z = draw(gens, K)
+    ti = torch.searchsorted(cdf, uni, right=True).clamp_(max=cdf.shape[0] - 1)
+    x = data[idx] if data.dim() == 2 else \
+        data[torch.arange(K, device=device)[:, None, None], idx]
+    xt = mu[ti][..., None] * x + sig[ti][..., None] * z
+    return torch.cat([times[ti][..., None], xt], dim=-1), z
+
+
+USE_CUDA_GRAPHS = True  # default of cuda_graph=None; tools/paper_scale_gpu.py turns it off
+                        # if a captured run does not reproduce a plain one on the device
+USE_FUSED = True        # default of fused=None (the fused kernel is also checked per run)
 
 _CACHE_BYTES = 1 << 20  # (K, chunk, m) hidden activations kept per batch chunk: fits in L2
 
@@ -371,11 +421,119 @@ def _loss_and_grads(W1, b, W2, u, z, reduction, chunk=None):
     return loss / B, gW1, g_wa[:, 0].contiguous(), gW2
 
 
+def _train_data(data, net, dtype, device):
+    """Training points as (n, d) shared by all members or (K, n, d), one set per member."""
+    x = _checks.as_tensor(data, "data", dtype=dtype, device=device)
+    K = net.ensemble
+    if x.dim() == 3:
+        if K is None or x.shape[0] != K:
+            raise ValueError(f"data of shape {tuple(x.shape)} gives one data set per member; "
+                             f"that needs an ensemble of {x.shape[0]} networks, got ensemble={K}")
+        if x.shape[1] < 1:
+            raise ValueError("data needs at least 1 point per member")
+    else:
+        x, _ = _checks.data_2d(x, "data")
+    if x.shape[-1] != net.dim:
+        raise ValueError(f"data has dimension {x.shape[-1]} but the network has dim = {net.dim}")
+    return x
+
+
+class _Loop:
+    """The state of one training run and its step, written once for every device.
+
+    One step (:meth:`step`) uses only tensor operations on the device: no ``.item()``, no
+    transfer to the host, no Python branch on a tensor value, so a block of steps can be
+    captured in a CUDA graph and replayed. The step index lives in a device tensor (``base``,
+    set before each block, plus the step's position in the block).
+    """
+
+    def __init__(self, W1, b, W2, step_size, threshold, reduction, log_every, num_logs, chunk,
+                 fused=False):
+        K, dev = W1.shape[0], W1.device
+        self.fused = fused
+        self.params = (W1, b, W2)
+        self.good = [p.clone() for p in self.params]
+        self.step_size, self.threshold = step_size, threshold
+        self.reduction, self.log_every, self.chunk = reduction, log_every, chunk
+        self.hist = torch.zeros(num_logs, K, dtype=torch.float64, device=dev)
+        self.diverged = torch.zeros(K, dtype=torch.bool, device=dev)
+        self.diverged_at = torch.full((K,), -1, dtype=torch.long, device=dev)
+        self.nan = torch.full((K,), math.nan, dtype=W1.dtype, device=dev)
+        self.base = torch.zeros((), dtype=torch.long, device=dev)
+
+    def step(self, u, z, s: int):
+        """One SGD step of every member on batch ``u`` (K, B, d+1), ``z`` (K, B, d); it is step
+        ``base + s`` of the run."""
+        W1, b, W2 = self.params
+        K = W1.shape[0]
+        if self.fused:
+            loss, gW1, gb, gW2 = _fused.loss_and_grads(W1, b, W2, u, z, self.reduction)
+        else:
+            loss, gW1, gb, gW2 = _loss_and_grads(W1, b, W2, u, z, self.reduction, self.chunk)
+        j = self.base + s
+        ok = torch.isfinite(loss) & (loss <= self.threshold) & ~self.diverged
+        newly = ~ok & ~self.diverged
+        self.diverged_at.copy_(torch.where(newly, j, self.diverged_at))
+        self.diverged |= ~ok
+        self.hist.index_add_(0, (j // self.log_every).reshape(1),
+                             torch.where(self.diverged, self.nan, loss).to(torch.float64)[None])
+        for p, gp, keep in zip(self.params, (gW1, gb, gW2), self.good):
+            shape = (K,) + (1,) * (p.dim() - 1)
+            okv = ok.reshape(shape)
+            # members in trouble go back to their last good parameters and stay there
+            p.copy_(torch.where(okv, p, keep))
+            keep.copy_(p)
+            p.sub_(torch.where(okv, gp * self.step_size.reshape(shape), torch.zeros_like(gp)))
+
+    def block(self, U, Z, count: int):
+        """Steps ``base .. base + count - 1`` on the batches ``U[:, s]``, ``Z[:, s]``."""
+        for s in range(count):
+            self.step(U[:, s], Z[:, s], s)
+
+
+def _fused_agrees(loop, u, z) -> bool:
+    """The fused kernel against the pure-torch path on one batch (no update): every output
+    within 1e-4 relative (float32 rounding is about 1e-7). A failure to compile counts as no."""
+    W1, b, W2 = loop.params
+    try:
+        got = _fused.loss_and_grads(W1, b, W2, u, z, loop.reduction)
+    except Exception as exc:  # noqa: BLE001 - the torch path is always there
+        got, why = None, f"{type(exc).__name__}: {exc}"
+    if got is not None:
+        want = _loss_and_grads(W1, b, W2, u, z, loop.reduction, loop.chunk)
+        err = max(float((g - w).norm() / w.norm().clamp_min(1e-30)) for g, w in zip(got, want))
+        if err <= 1e-4:
+            return True
+        why = f"relative difference {err:.1e}"
+    import warnings
+    warnings.warn(f"fused kernel not used ({why}); training goes on with the torch path",
+                  RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _capture(loop, U, Z, S):
+    """A CUDA graph of ``S`` steps of ``loop`` reading ``U``, ``Z`` (static buffers), or None
+    with a warning when capture fails (the caller then goes on eagerly, with the same kernels)."""
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loop.block(U, Z, S)
+        return graph
+    except Exception as exc:  # capture is an optimisation only: never fail a run for it
+        import warnings
+        warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training goes "
+                      f"on without graphs", RuntimeWarning, stacklevel=3)
+        torch.cuda.synchronize()
+        return None
+
+
 def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size: int = 5000,
                          T: float = 1.0, delta: float = 0.01, num_times: int = 100,
                          time_weighting: str = "sigma", reduction: str = "mean", generator=None,
                          log_every: int | None = None, diverge_threshold: float = 1e8,
-                         progress=None) -> TimeTrainResult:
+                         progress=None, rng_block: int | None = None,
+                         cuda_graph: bool | None = None,
+                         fused: bool | None = None) -> TimeTrainResult:
     r"""Train a :class:`TimeScoreNet` (or an ensemble) by SGD on the multi-time DSM loss.
 
     Each step draws, for every member, ``batch_size`` triples with replacement: a training point
@@ -392,15 +550,36 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     so the largest stable ``lr`` shrinks with ``d`` under ``"mean"`` (chapter 9 discusses this).
 
     net: trained in place (its dtype and device are used). data: ``(n,)`` or ``(n, d)`` with
-    ``d = net.dim``. lr: ``> 0``, a number or one per member ``(K,)``. steps ``>= 1``.
-    generator: None, a ``torch.Generator``, or (ensemble) a list of ``K`` generators: member
-    ``k`` then sees exactly the batches a single network trained with generator ``k`` sees.
+    ``d = net.dim``, shared by every member, or ``(K, n, d)``: one data set per member of an
+    ensemble of ``K`` (member ``k`` then equals a single network trained on ``data[k]``).
+    lr: ``> 0``, a number or one per member ``(K,)``. steps ``>= 1``.
+    generator: None, a ``torch.Generator`` (on the net's device), or (ensemble) a list of ``K``
+    generators: member ``k`` then sees exactly the batches a single network trained with
+    generator ``k`` sees.
     log_every: steps averaged per ``loss_history`` entry (default ``ceil(steps / 100)``).
     diverge_threshold: a member whose per-sample batch loss is NaN/inf or exceeds it (the
     initial loss is about ``d``) is flagged in ``result.diverged`` and frozen at its parameters
-    before the last update (checked every step); the others go on unaffected. The net never
-    holds NaN; the member's ``loss_history`` is NaN from then on.
+    before the last update (checked at every step, on the device); the others go on unaffected.
+    The net never holds NaN; the member's ``loss_history`` is NaN from then on.
     progress: ``True``/``False``, or ``None`` for a tqdm bar only when ``steps >= 10000``.
+    rng_block: how the random numbers are drawn, which defines the random stream of a seed.
+    ``None`` (default) is per-step draws on a CPU (data indices, ``torch.multinomial`` time
+    indices, noise, every step: the stream of the book's results) and ``32`` on any other
+    device. An integer ``S >= 1`` draws the batches of ``S`` steps at once per member (the last
+    block holds the remaining steps; in each block: data indices, then float64 uniforms turned
+    into time indices by the inverse CDF, then noise: no host synchronisation, as a GPU needs);
+    the result then depends on ``S``, never on the device's speed. Memory:
+    ``S * K * batch_size * (2d + 1)`` numbers.
+    cuda_graph: replay blocks of ``rng_block`` steps as one captured CUDA graph (the same
+    kernels, so the same numbers, with far less launch overhead). ``None``: on CUDA with block
+    draws (and ``dsmlib.timenet.USE_CUDA_GRAPHS``, a switch for tools that check the graphs
+    first); ``False``: never. Capture failure falls back to plain execution with a warning.
+    fused: compute the loss and gradients with the fused Triton kernel of
+    ``dsmlib._fused_timenet`` (float32, ``d <= 14``: several times less memory traffic on a GPU;
+    equal to the torch path up to float32 rounding, not bit for bit). ``None``: on CUDA when
+    Triton imports and ``dsmlib.timenet.USE_FUSED``, after checking it against the torch path on
+    the first batch (a warning and the torch path if they differ); ``True``: always (needs
+    Triton; on a CPU only under Triton's interpreter, for tests); ``False``: never.
     Returns a :class:`TimeTrainResult` (``steps_per_second`` measures the run).
     """
     if not isinstance(net, TimeScoreNet):
@@ -408,9 +587,7 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     # a net that already holds NaN could only be "frozen" at NaN: refuse it
     _checks.finite_parameters("net", W1=net.W1, b=net.b, W2=net.W2)
     dtype, device = net.W1.dtype, net.W1.device
-    x0, _ = _checks.data_2d(data, "data", dtype=dtype, device=device)
-    if x0.shape[1] != net.dim:
-        raise ValueError(f"data has dimension {x0.shape[1]} but the network has dim = {net.dim}")
+    x0 = _train_data(data, net, dtype, device)
     steps = _checks.integer(steps, "steps", minimum=1)
     batch_size = _checks.integer(batch_size, "batch_size", minimum=1)
     if log_every is None:
@@ -422,7 +599,30 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     K = 1 if net.ensemble is None else net.ensemble
     lrs, lr_out = _learning_rates(lr, K, dtype, device)
     gens = _generators(generator, net.ensemble)
+    for g in (gens if isinstance(gens, list) else [gens]):
+        if g is not None and g.device.type != device.type:
+            raise ValueError(f"generator is on {g.device} but the network is on {device}: "
+                             f"random numbers are drawn on the network's device")
     threshold = _checks.positive(diverge_threshold, "diverge_threshold")
+    if rng_block is None:
+        rng_block = 0 if device.type == "cpu" else 32
+    else:
+        rng_block = _checks.integer(rng_block, "rng_block", minimum=1)
+    if cuda_graph is None:
+        cuda_graph = USE_CUDA_GRAPHS and device.type == "cuda" and rng_block > 0
+    elif not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph must be True, False or None, got {type(cuda_graph).__name__}")
+    elif cuda_graph and (device.type != "cuda" or rng_block == 0):
+        raise ValueError("cuda_graph=True needs a CUDA network and block draws (rng_block)")
+    fits = dtype == torch.float32 and net.dim <= _fused.MAX_DIM
+    if fused is None:
+        fused = "check" if (USE_FUSED and device.type == "cuda" and rng_block > 0 and fits
+                            and _fused.available()) else False
+    elif not isinstance(fused, bool):
+        raise TypeError(f"fused must be True, False or None, got {type(fused).__name__}")
+    elif fused and not (_fused.available() and fits):
+        raise ValueError(f"fused=True needs Triton and a float32 net with dim <= "
+                         f"{_fused.MAX_DIM}")
     if progress is None:
         progress = steps >= 10_000
 
@@ -430,44 +630,67 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     mu = ou_mu(times64).to(dtype=dtype, device=device)
     sig = ou_sigma(times64).to(dtype=dtype, device=device)
     probs = probs64.to(device=device)
+    cdf = torch.cumsum(probs64, 0).to(device=device)
 
     single = net.ensemble is None
     with torch.no_grad():
         W1, b, W2 = (p.detach() for p in (net.W1, net.b, net.W2))
         if single:
             W1, b, W2 = W1.unsqueeze(0), b.unsqueeze(0), W2.unsqueeze(0)
-        good = [W1.clone(), b.clone(), W2.clone()]
-        step_size = (net.width * lrs)                         # (K,)
         num_logs = -(-steps // log_every)
-        hist = torch.zeros(num_logs, K, dtype=torch.float64, device=device)
-        diverged = torch.zeros(K, dtype=torch.bool, device=device)
-        diverged_at = torch.full((K,), -1, dtype=torch.long, device=device)
-        nan = torch.full((K,), math.nan, dtype=dtype, device=device)
-
-        iterator = range(steps)
+        chunk = _batch_chunk(K, net.width, batch_size, device, W1.element_size())
+        loop = _Loop(W1, b, W2, net.width * lrs, threshold, reduction, log_every, num_logs,
+                     chunk, fused=fused is True)
+        bar = None
         if progress:
             from tqdm.auto import tqdm
-            iterator = tqdm(iterator, desc="train TimeScoreNet", leave=False)
+            bar = tqdm(total=steps, desc="train TimeScoreNet", leave=False)
         start = time.perf_counter()
-        for j in iterator:
-            u, z = _draw_batch(x0, times, mu, sig, probs, K, batch_size, gens, dtype, device)
-            loss, gW1, gb, gW2 = _loss_and_grads(W1, b, W2, u, z, reduction)
-            ok = torch.isfinite(loss) & (loss <= threshold) & ~diverged
-            newly = ~ok & ~diverged
-            diverged_at = torch.where(newly, torch.full_like(diverged_at, j), diverged_at)
-            diverged |= ~ok
-            hist[j // log_every] += torch.where(diverged, nan, loss)
-            for p, gp, keep in zip((W1, b, W2), (gW1, gb, gW2), good):
-                shape = (K,) + (1,) * (p.dim() - 1)
-                okv = ok.reshape(shape)
-                # members in trouble go back to their last good parameters and stay there
-                p.copy_(torch.where(okv, p, keep))
-                keep.copy_(p)
-                p.sub_(torch.where(okv, gp * step_size.reshape(shape), torch.zeros_like(gp)))
+        if rng_block == 0:                       # per-step draws (CPU default)
+            for j in range(steps):
+                u, z = _draw_batch(x0, times, mu, sig, probs, K, batch_size, gens, dtype,
+                                   device)
+                loop.base.fill_(j)
+                loop.step(u, z, 0)
+                if bar is not None:
+                    bar.update(1)
+        else:                                    # block draws, optionally a CUDA graph
+            S = min(rng_block, steps)
+            U = torch.empty((K, S, batch_size, net.dim + 1), dtype=dtype, device=device)
+            Z = torch.empty((K, S, batch_size, net.dim), dtype=dtype, device=device)
+            graph = None
+            for j0 in range(0, steps, S):
+                count = min(S, steps - j0)
+                u, z = _draw_block(x0, times, mu, sig, cdf, K, count, batch_size, gens, dtype,
+                                   device)
+                U[:, :count].copy_(u)
+                Z[:, :count].copy_(z)
+                del u, z
+                if fused == "check":
+                    fused = loop.fused = _fused_agrees(loop, U[:, 0], Z[:, 0])
+                loop.base.fill_(j0)
+                if graph is None and cuda_graph and j0 > 0 and count == S:
+                    graph = _capture(loop, U, Z, S)   # block 0 ran eagerly: the warm-up
+                    cuda_graph = graph is not None
+                if graph is not None and count == S:
+                    graph.replay()
+                elif cuda_graph and j0 == 0:       # warm-up on a side stream, as CUDA
+                    side = torch.cuda.Stream(device)  # graph capture asks
+                    side.wait_stream(torch.cuda.current_stream(device))
+                    with torch.cuda.stream(side):
+                        loop.block(U, Z, count)
+                    torch.cuda.current_stream(device).wait_stream(side)
+                else:
+                    loop.block(U, Z, count)
+                if bar is not None:
+                    bar.update(count)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
 
+    hist, diverged, diverged_at = loop.hist, loop.diverged, loop.diverged_at
     counts = torch.full((num_logs,), float(log_every), dtype=torch.float64, device=device)
     counts[-1] = steps - (num_logs - 1) * log_every
     hist = (hist / counts[:, None]).to(dtype)

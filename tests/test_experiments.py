@@ -192,3 +192,46 @@ def test_deviations_and_helpers():
     assert rc["diverged"].shape == (2, 1, 2) and rc["diverged_step"].dtype == np.int64
     cal = ex.jitter_calibration(dims=(2, 3), jitters=(0.1,), num_samples=20, sampler_steps=5)
     assert cal["ratio"].shape == (2, 1) and cal["memorization_star"].shape == (2,)
+
+
+# ----------------------------------------------------------------- Fig. 3-4 drivers: ensembles
+
+def _same(a, b, skip=("train_seconds",)):
+    assert set(a) == set(b)
+    for k in a:
+        if k not in skip:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_fig4_runs_of_a_dimension_are_one_ensemble_of_independent_members():
+    # the runs of a dimension train as one ensemble with one data set per member: run r is
+    # exactly what the run of seed r alone gives
+    both = ex.fig4(ex.make_config("fig4", "book", **{**TINY4, "seeds": (0, 1)}))
+    alone = ex.fig4(ex.make_config("fig4", "book", **{**TINY4, "seeds": (1,)}))
+    for k in ("mmd_gen_star", "ratio", "memorization", "samples_proj", "data_proj", "final_loss",
+              "diverged"):
+        np.testing.assert_array_equal(both[k][:, 1:], alone[k], err_msg=k)
+
+
+def test_fig4_parts_combine_into_the_full_run():
+    cfg = ex.make_config("fig4", "book", **TINY4)
+    full = ex.fig4(cfg)
+    parts = [ex.fig4(ex.make_config("fig4", "book", **{**TINY4, "dims": (d,)})) for d in cfg.dims]
+    _same(ex.fig4_combine(parts), full)
+    with pytest.raises(ValueError, match="overlap"):
+        ex.fig4_combine([parts[0], parts[0]])
+    with pytest.raises(ValueError, match="at least one"):
+        ex.fig4_combine([])
+
+
+def test_fig3_learning_rates_with_equal_steps_and_batch_share_one_ensemble():
+    from dsmlib.experiments.diffusion import _lr_groups
+    assert _lr_groups(ex.make_config("fig3", "paper")) == [[0], [1]]
+    assert _lr_groups(ex.make_config("fig3", "book")) == [[0], [1]]
+    kw = {**TINY3, "steps": (10, 10), "batch_size": 16}
+    cfg = ex.make_config("fig3", "book", **kw)
+    assert _lr_groups(cfg) == [[0, 1]]
+    grouped = ex.fig3(cfg)
+    first = ex.fig3(ex.make_config("fig3", "book", **{**kw, "lrs": (2.0,), "steps": (10,)}))
+    for k in ("samples", "mmd_star", "memorization", "diverged", "final_loss"):
+        np.testing.assert_array_equal(grouped[k][:1], first[k], err_msg=k)

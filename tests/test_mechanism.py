@@ -109,3 +109,28 @@ def test_time_net_activity_counts_units():
                                  num_times=10, time_weighting="sigma",
                                  generator=torch.Generator().manual_seed(1))
     assert act.tolist() == [pytest.approx(2 / 3)]
+
+
+def test_collapse_by_step_shapes_and_consistency():
+    r = ex.collapse_by_step(dims=(1, 2), lrs=(0.05, 5.0), steps=300, width=30, seeds=(0, 1))
+    assert r["diverged"].shape == (2, 2, 2)
+    assert not (r["collapsed"] & r["diverged"]).any()
+    assert np.all(np.isnan(r["active"][r["diverged"]]))
+    ok = ~r["diverged"]
+    assert np.array_equal(r["collapsed"][ok], r["active"][ok] == 0)
+
+
+def test_mechanism_in_ten_dimensions():
+    cfg = ex.make_config("mechanism", "book", dim=10, seeds=(0, 1), lrs=(0.5, 0.1),
+                         steps=(512, 768), width=40, decay_steps=100, checkpoints=2,
+                         noise_draws=50)
+    r = ex.mechanism(cfg)
+    assert r["excess_last"].shape == (2, 2, 2) and np.all(np.isnan(r["tv_last"]))
+    assert np.all(np.isfinite(r["excess_decay"])) and np.all(np.isnan(r["tv_star"]))
+    d = ex.decompose(r, 0)
+    assert np.all(np.isnan(d["stable_after"]))
+    np.testing.assert_allclose(d["floor"] + d["collapse"] + d["smoothing"] + d["noise"],
+                               d["total"], rtol=1e-12)
+    assert ex.result_path("mechanism", cfg).name == "mechanism_book_d10.npz"
+    assert ex.result_path("mechanism", ex.make_config("mechanism", "paper")).name == \
+        "mechanism_paper.npz"

@@ -36,3 +36,41 @@ def test_table_rejects_unknown_names():
         dplt.table([{"a": 1.0}], formats={"b": ".2f"})
     with pytest.raises(ValueError, match="index"):
         dplt.table([{"a": 1.0}], index="b")
+
+
+def test_decomposition_table_and_plot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = {"n": np.array([5.0, 6.0]), "diverged": np.array([1.0, 0.0]),
+             "collapsed": np.array([3.0, 0.0])}
+    for p, v in [("total", [2.0, 0.5]), ("floor", [0.3, 0.3]), ("collapse", [1.5, 0.0]),
+                 ("smoothing", [-0.1, 0.05]), ("noise", [0.3, 0.15])]:
+        parts[p] = np.array(v)
+        parts[p + "_lo"], parts[p + "_hi"] = np.array(v) - 0.1, np.array(v) + 0.1
+    t = dplt.decomposition_table(parts, [0.5, 0.1])
+    assert t.df.loc["0.5", "total"] == "2 \u00b1 0.1"
+    assert t.df.loc["0.5", "collapsed, diverged"] == "3, 1 of 6"
+    fig, ax = plt.subplots()
+    dplt.plot_decomposition(ax, parts, [0.5, 0.1])
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights[0] == -0.1 and 1.5 in heights          # a negative part is drawn below 0
+    plt.close(fig)
+
+
+def test_glue_turns_numpy_scalars_into_python_numbers(monkeypatch):
+    import myst_nb
+    import torch
+
+    seen = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: seen.update(
+        {name: (value, display)}))
+    dplt.glue("a", np.float64(0.5))
+    dplt.glue("b", np.int64(3))
+    dplt.glue("c", torch.tensor(2.5))
+    dplt.glue("d", np.bool_(True))
+    dplt.glue("e", "text")
+    assert seen == {"a": (0.5, False), "b": (3, False), "c": (2.5, False), "d": (True, False),
+                    "e": ("text", False)}
+    assert type(seen["a"][0]) is float and type(seen["b"][0]) is int

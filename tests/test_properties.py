@@ -229,6 +229,12 @@ ARGS = {
     "expected_config": (st.sampled_from([None, {"a": 1}, 3, "cfg"]), lambda: None),
     "expected_arrays": (st.sampled_from([None, ["a"], ["zz"], []]), lambda: None),
     "allow_other_version": (flags, lambda: False),
+    "check_every": (ints, lambda: None),
+    "nonfinite": (st.sampled_from(["raise", "keep", "bogus", None, 3]), lambda: "raise"),
+    "check": (flags, lambda: True),
+    "rng_block": (ints, lambda: None),
+    "cuda_graph": (st.sampled_from([None, True, False, "yes", 1]), lambda: None),
+    "fused": (st.sampled_from([None, True, False, "yes", 1]), lambda: None),
 }
 SKIP = {"progress", "return_path"}      # display options, not data
 

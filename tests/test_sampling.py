@@ -260,3 +260,48 @@ def test_reverse_time_grid_validation():
     g = smp.reverse_time_grid(1.0, 0.01, 99)
     assert g[0] == 1.0 and g[-1] == 0.01 and len(g) == 100
     assert torch.allclose(g[:-1] - g[1:], torch.full((99,), 0.01, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------- device-ready paths (run on CPU)
+
+def test_generator_list_sets_equal_single_runs():
+    from dsmlib.timenet import TimeScoreNet
+    ens = TimeScoreNet(16, 2, ensemble=3, generator=[_gen(1), _gen(2), _gen(3)])
+    y = smp.reverse_sde_sample(lambda x, t: ens.score(x, t, check=False), 20, 2, steps=6,
+                               ensemble=3, generator=[_gen(11), _gen(12), _gen(13)])
+    for k in range(3):
+        yk = smp.reverse_sde_sample(ens.member(k).score, 20, 2, steps=6, generator=_gen(11 + k))
+        assert torch.equal(y[k], yk)
+    y1 = smp.reverse_sde_sample(lambda x, t: -x, 5, 1, steps=3, ensemble=2,
+                                generator=[_gen(4), _gen(5)])
+    assert torch.equal(y1[1], smp.reverse_sde_sample(lambda x, t: -x, 5, 1, steps=3,
+                                                     generator=_gen(5)))
+
+
+def test_batched_finiteness_check_names_the_first_bad_step():
+    def nan_score(x, t):
+        return torch.full_like(x, float("nan")) if t < 0.5 else -x
+
+    times = smp.reverse_time_grid(1.0, 0.1, 9)
+    first = int((times[:-1] < 0.5).nonzero()[0])
+    for every in (1, 4, 100):
+        with pytest.raises(FloatingPointError, match=rf"step {first} \(forward time t = 0\.4"):
+            smp.reverse_sde_sample(nan_score, 3, 2, T=1.0, delta=0.1, steps=9,
+                                   generator=_gen(0), check_every=every)
+    y = smp.reverse_sde_sample(nan_score, 3, 2, T=1.0, delta=0.1, steps=9, generator=_gen(0),
+                               nonfinite="keep")
+    assert bool(torch.isnan(y).all())
+
+
+def test_device_options_validation():
+    score = lambda x, t: -x  # noqa: E731
+    with pytest.raises(ValueError, match="needs ensemble"):
+        smp.reverse_sde_sample(score, 4, 2, generator=[_gen(0)])
+    with pytest.raises(ValueError, match="2 entries"):
+        smp.reverse_sde_sample(score, 4, 2, ensemble=3, generator=[_gen(0), _gen(1)])
+    with pytest.raises(TypeError, match="entries"):
+        smp.reverse_sde_sample(score, 4, 2, ensemble=2, generator=[_gen(0), 1])
+    with pytest.raises(ValueError, match="nonfinite"):
+        smp.reverse_sde_sample(score, 4, 2, nonfinite="ignore")
+    with pytest.raises(ValueError, match="check_every"):
+        smp.reverse_sde_sample(score, 4, 2, check_every=0)

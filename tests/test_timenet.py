@@ -374,3 +374,214 @@ def test_trainer_validation():
         tn.train_time_score_net(ens, data, lr=[0.1, 0.2, 0.3], steps=1)
     with pytest.raises(ValueError, match="lr entries"):
         tn.train_time_score_net(ens, data, lr=[0.1, -0.2], steps=1)
+
+
+# ----------------------------------------------------------------- device-ready paths (run on CPU)
+
+def _block_reference(net, data, lr, seeds, B, S, reduction="mean"):
+    """``S`` SGD steps with block draws (rng_block >= S, steps = S: one block), reproduced from
+    copies of the generators: per member data indices (S, B), then float64 uniforms turned into
+    time indices by the inverse CDF, then noise (S, B, d); step s uses row s. Float64 autograd."""
+    K, m, d = net.ensemble, net.width, net.dim
+    times = torch.linspace(0.01, 1.0, 100, dtype=torch.float64)
+    sig = torch.sqrt(1 - torch.exp(-2 * times))
+    cdf = torch.cumsum(sig / sig.sum(), 0)
+    out = []
+    for k in range(K):
+        g = _gen(seeds[k])
+        x = data[k] if data.dim() == 3 else data
+        idx = torch.randint(x.shape[0], (1, S, B), generator=g)[0]
+        uni = torch.rand((1, S, B), generator=g, dtype=torch.float64)[0]
+        z = torch.randn((1, S, B, d), generator=g, dtype=torch.float64)[0]
+        ti = torch.searchsorted(cdf, uni, right=True).clamp(max=99)
+        params = [p[k].detach().clone() for p in (net.W1, net.b, net.W2)]
+        for s in range(S):
+            t = times[ti[s]]
+            xt = (torch.exp(-t)[:, None] * x[idx[s]]
+                  + torch.sqrt(1 - torch.exp(-2 * t))[:, None] * z[s])
+            W1, b, W2 = (p.requires_grad_(True) for p in params)
+            r = torch.relu(torch.cat([t[:, None], xt], 1) @ W1.T + b) @ W2.T / m
+            loss = ((r - z[s]) ** 2).sum() / (B * (d if reduction == "mean_all" else 1))
+            grads = torch.autograd.grad(loss, (W1, b, W2))
+            params = [p.detach() - m * lr[k] * gp for p, gp in zip((W1, b, W2), grads)]
+        out.append(params)
+    return out
+
+
+@pytest.mark.parametrize("per_member_data", [False, True])
+def test_block_draws_match_autograd_reference(per_member_data):
+    K, m, d, n, B, S = 2, 12, 3, 5, 17, 4
+    data = torch.randn((K, n, d) if per_member_data else (n, d), generator=_gen(30),
+                       dtype=torch.float64)
+    lr = torch.tensor([0.3, 0.05], dtype=torch.float64)
+    net = tn.TimeScoreNet(m, d, ensemble=K, generator=_gens([1, 2]), dtype=torch.float64)
+    want = _block_reference(net, data, lr, [31, 32], B, S, "mean_all")
+    res = tn.train_time_score_net(net, data, lr=lr, steps=S, batch_size=B, rng_block=S,
+                                  reduction="mean_all", generator=_gens([31, 32]))
+    for k in range(K):
+        for got, ref in zip((net.W1[k], net.b[k], net.W2[k]), want[k]):
+            assert torch.allclose(got, ref, rtol=1e-11, atol=1e-13)
+    assert not bool(res.diverged.any())
+
+
+def test_block_draws_time_frequencies_follow_the_weights():
+    data = torch.zeros(3, 1, dtype=torch.float64)
+    t5, p5 = tn.time_grid_weights(1.0, 0.2, 5, "sigma")
+    u, z = tn._draw_block(data, t5, ou_mu(t5), ou_sigma(t5), torch.cumsum(p5, 0), 1, 4, 5000,
+                          _gen(33), torch.float64, torch.device("cpu"))
+    assert u.shape == (1, 4, 5000, 2) and z.shape == (1, 4, 5000, 1)
+    counts = torch.stack([(u[..., 0] == t).sum() for t in t5]).double()
+    se = torch.sqrt(20000 * p5 * (1 - p5))
+    assert bool(((counts - 20000 * p5).abs() < 5 * se).all())
+
+
+@pytest.mark.parametrize("rng_block", [None, 4])
+def test_ensemble_with_per_member_data_equals_single_runs(rng_block):
+    # member k of an ensemble with data[k] and generator k is bit for bit the single network
+    # trained on data[k] with generator k, for per-step and block draws; steps (10) is not a
+    # multiple of the block (4), so the last, shorter block is covered too
+    data = torch.randn(3, 6, 2, generator=_gen(34))
+    lrs = [0.5, 0.5, 0.1]
+    ens = tn.TimeScoreNet(20, 2, ensemble=3, generator=_gens([1, 2, 3]))
+    res = tn.train_time_score_net(ens, data, lr=torch.tensor(lrs), steps=10, batch_size=30,
+                                  generator=_gens([7, 8, 9]), log_every=3, rng_block=rng_block,
+                                  reduction="mean_all")
+    for k in range(3):
+        single = tn.TimeScoreNet(20, 2, generator=_gen(k + 1))
+        r1 = tn.train_time_score_net(single, data[k], lr=lrs[k], steps=10, batch_size=30,
+                                     generator=_gen(7 + k), log_every=3, rng_block=rng_block,
+                                     reduction="mean_all")
+        for p, q in zip((ens.W1[k], ens.b[k], ens.W2[k]), (single.W1, single.b, single.W2)):
+            assert torch.equal(p, q)
+        assert torch.equal(res.loss_history[:, k], r1.loss_history)
+    assert res.loss_history.shape == (4, 3) and res.log_steps.tolist() == [3, 6, 9, 10]
+
+
+def test_block_draws_log_and_divergence_like_per_step_draws():
+    # the bookkeeping (loss windows, divergence step, freezing) is the same code in both modes
+    data = 3 * torch.randn(8, 2, generator=_gen(17))
+    ens = tn.TimeScoreNet(50, 2, ensemble=2, generator=_gens([1, 2]))
+    res = tn.train_time_score_net(ens, data, lr=torch.tensor([50.0, 0.05]), steps=30,
+                                  batch_size=64, generator=_gens([3, 4]), log_every=1,
+                                  rng_block=7)
+    assert res.diverged.tolist() == [True, False]
+    at = int(res.diverged_step[0])
+    assert 0 < at < 30 and int(res.diverged_step[1]) == -1
+    h = res.loss_history
+    assert bool(torch.isfinite(h[:at, 0]).all()) and bool(torch.isnan(h[at:, 0]).all())
+    for p in (ens.W1, ens.b, ens.W2):
+        assert bool(torch.isfinite(p).all())
+    # loss windows: log_every=4 averages the per-step losses of log_every=1
+    a = tn.TimeScoreNet(10, 2, generator=_gen(1))
+    b = tn.TimeScoreNet(10, 2, generator=_gen(1))
+    kw = dict(lr=0.1, steps=11, batch_size=16, rng_block=3)
+    ra = tn.train_time_score_net(a, data, generator=_gen(2), log_every=1, **kw)
+    rb = tn.train_time_score_net(b, data, generator=_gen(2), log_every=4, **kw)
+    h = ra.loss_history
+    want = torch.stack([h[:4].mean(), h[4:8].mean(), h[8:].mean()])
+    assert torch.allclose(rb.loss_history, want, rtol=1e-5)
+    assert torch.equal(a.W1, b.W1)
+
+
+def test_block_draws_learn_the_gaussian_score():
+    # the block stream is another stream of the same law: training still learns the score
+    v0 = 0.25
+    data = math.sqrt(v0) * torch.randn(2000, generator=_gen(19))
+    net = tn.TimeScoreNet(128, 1, generator=_gen(20))
+    tn.train_time_score_net(net, data, lr=0.5, steps=800, batch_size=256, generator=_gen(21),
+                            rng_block=32)
+    g = _gen(22)
+    for t in (0.5, 1.0):
+        var = ou_mu(t) ** 2 * v0 + ou_sigma(t) ** 2
+        y = math.sqrt(var) * torch.randn(20000, generator=g)
+        with torch.no_grad():
+            s = net.score(y, t)
+        rel = float(((s + y / var) ** 2).mean() / ((y / var) ** 2).mean())
+        assert rel < 0.02, (t, rel)
+
+
+def test_device_options_validation():
+    net = tn.TimeScoreNet(5, 2, generator=_gen(0))
+    data = torch.randn(4, 2)
+    ok = dict(lr=0.1, steps=2, batch_size=4)
+    with pytest.raises(ValueError, match="rng_block"):
+        tn.train_time_score_net(net, data, rng_block=0, **ok)
+    with pytest.raises(ValueError, match="cuda_graph=True needs"):
+        tn.train_time_score_net(net, data, rng_block=2, cuda_graph=True, **ok)
+    with pytest.raises(TypeError, match="cuda_graph"):
+        tn.train_time_score_net(net, data, cuda_graph="yes", **ok)
+    with pytest.raises(ValueError, match="one data set per member"):
+        tn.train_time_score_net(net, torch.randn(2, 4, 2), **ok)
+    ens = tn.TimeScoreNet(5, 2, ensemble=2, generator=_gen(0))
+    with pytest.raises(ValueError, match="one data set per member"):
+        tn.train_time_score_net(ens, torch.randn(3, 4, 2), **ok)
+    with pytest.raises(ValueError, match="dimension"):
+        tn.train_time_score_net(ens, torch.randn(2, 4, 3), **ok)
+
+
+def test_unchecked_score_lets_nan_through():
+    net = tn.TimeScoreNet(6, 2, generator=_gen(0))
+    x = torch.full((3, 2), float("nan"))
+    with pytest.raises(ValueError, match="x"):
+        net.score(x, 0.5)
+    assert bool(torch.isnan(net.score(x, 0.5, check=False)).all())
+    ok = torch.randn(3, 2, generator=_gen(1))
+    assert torch.equal(net.score(ok, 0.5, check=False), net.score(ok, 0.5))
+    with pytest.raises(ValueError, match="t must be > 0"):
+        net.score(ok, 0.0, check=False)
+
+
+def test_fused_kernel_matches_the_torch_path_under_the_interpreter():
+    # The optional Triton kernel (used on CUDA) run by Triton's CPU interpreter: gradients
+    # against the float64 torch path, and a few training steps against the torch path. Skipped
+    # where Triton is not installed (the device check of tools/paper_scale_gpu.py and the
+    # trainer's first-batch check cover the GPU itself).
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    code = r"""
+import torch
+import dsmlib.timenet as tn
+import dsmlib._fused_timenet as fz
+assert fz.available()
+g = torch.Generator().manual_seed(0)
+for K, B, m, d in [(2, 70, 50, 2), (3, 45, 33, 5), (1, 40, 20, 10), (2, 33, 17, 1)]:
+    W1, b, W2 = (torch.randn(K, m, d + 1, generator=g), torch.randn(K, m, generator=g),
+                 torch.randn(K, d, m, generator=g))
+    u, z = torch.randn(K, B, d + 1, generator=g), torch.randn(K, B, d, generator=g)
+    for red in ("mean", "sum", "mean_all"):
+        want = tn._loss_and_grads(W1.double(), b.double(), W2.double(), u.double(), z.double(),
+                                  red, chunk=1000)
+        got = fz.loss_and_grads(W1, b, W2, u, z, red)
+        for x, y in zip(got, want):
+            assert x.shape == y.shape and x.dtype == torch.float32
+            assert float((x.double() - y).norm() / y.norm()) < 1e-6
+data = 2 * torch.randn(6, 2, generator=g)
+nets = []
+for fused in (True, False):
+    net = tn.TimeScoreNet(24, 2, ensemble=2,
+                          generator=[torch.Generator().manual_seed(k) for k in (1, 2)])
+    tn.train_time_score_net(net, data, lr=0.5, steps=6, batch_size=40, rng_block=4,
+                            reduction="mean_all", fused=fused,
+                            generator=[torch.Generator().manual_seed(k) for k in (3, 4)])
+    nets.append(net)
+for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+    assert float((p - q).norm() / q.norm()) < 1e-5
+print("ok")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_fused_option_validation():
+    import dsmlib._fused_timenet as fz
+    net = tn.TimeScoreNet(5, 2, generator=_gen(0), dtype=torch.float64)
+    data = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="fused"):
+        tn.train_time_score_net(net, data, lr=0.1, steps=1, fused="auto")
+    with pytest.raises(ValueError, match="fused=True needs"):   # float64, or no Triton
+        tn.train_time_score_net(net, data, lr=0.1, steps=1, fused=True)
+    assert fz.MAX_DIM == 14

@@ -33,9 +33,10 @@ learning rates memorize less") and 9 ("Higher dimension memorizes less").
 
 from __future__ import annotations
 
-from .diffusion import Fig3Config, Fig4Config, fig3, fig4, jitter_calibration, reduction_check
-from .decomposition import (Mechanism2dConfig, MechanismConfig, decompose, mechanism,
-                            mechanism2d)
+from .diffusion import (Fig3Config, Fig4Config, fig3, fig4, fig4_combine, jitter_calibration,
+                        reduction_check)
+from .decomposition import (Mechanism2dConfig, MechanismConfig, collapse_by_step, decompose,
+                            mechanism, mechanism2d)
 from .runner import FIGURES, deviations, load, make_config, result_path, run
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
 
 
 __all__ = ["Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "MechanismConfig", "fig1",
-           "fig2", "fig3", "fig4", "mechanism", "decompose", "Mechanism2dConfig", "mechanism2d", "reduction_check",
+           "fig2", "fig3", "fig4", "fig4_combine", "mechanism", "decompose", "Mechanism2dConfig",
+           "mechanism2d", "collapse_by_step", "reduction_check",
            "jitter_calibration", "make_config", "deviations", "result_path", "run", "load",
            "FIGURES", "main"]

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
                         help="'paper': Appendix D settings; 'book': the reduced ones of the book "
                              "(default)")
     parser.add_argument("--dim", type=int, default=None,
-                        help="fig2 only: data dimension (the paper shows 1 and 10; default 1)")
+                        help="fig2 and mechanism only: data dimension (the paper shows 1 and 10; "
+                             "default 1)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="use seeds 0..N-1 instead of the preset's (a partial run; the file "
                              "name gets the tag sN)")
@@ -55,8 +56,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     overrides = {"device": args.device}
     if args.dim is not None:
-        if args.figure != "fig2":
-            parser.error("--dim applies to fig2 only")
+        if args.figure not in ("fig2", "mechanism"):
+            parser.error("--dim applies to fig2 and mechanism only")
         if args.dim < 1:
             parser.error(f"--dim must be >= 1, got {args.dim}")
         overrides["dim"] = args.dim

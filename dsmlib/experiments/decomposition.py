@@ -49,7 +49,7 @@ from ._common import (_DATA, _EVAL, _INIT, _SAMPLE, _SHARPNESS_TOL, _TRAIN, _che
 from .sweeps import _schedule
 
 __all__ = ["MechanismConfig", "mechanism", "checkpoint_steps", "control_steps", "decompose",
-           "Mechanism2dConfig", "mechanism2d", "time_net_activity"]
+           "collapse_by_step", "Mechanism2dConfig", "mechanism2d", "time_net_activity"]
 
 _BLOCK = 256            # the trainer's random block (see dsmlib.training)
 _EARLY = (2, 8, 32, 128)   # checkpoints before the first block ends
@@ -59,8 +59,11 @@ _EARLY = (2, 8, 32, 128)   # checkpoints before the first block ends
 class MechanismConfig:
     """The decomposition experiment (defaults: the paper's Fig. 2 protocol in d = 1, 30 data sets).
 
-    times, lrs, steps, batch_size, width, n, seeds: as :class:`Fig2Config` (d = 1; simulation s uses
-    the data, initialisation and batches of Fig. 2's simulation s, so the final networks coincide).
+    dim, times, lrs, steps, batch_size, width, n, seeds, reduction: as :class:`Fig2Config`
+    (simulation s uses the data, initialisation and batches of Fig. 2's simulation s, so the final
+    networks coincide). In d > 1 there is no weighted total variation and no exact Hessian: the
+    ``tv``, ``kinks`` and ``sharpness`` measurements are NaN, and the excess risk is a Monte-Carlo
+    average with ``noise_draws`` draws per training point (Fig. 2 uses 5000).
     average_fraction: the Polyak window, the last fraction of the steps (rounded to whole blocks).
     decay: divisors of eta in the successive decay phases, ``decay_steps`` steps each (the control
     continues at eta for the same gradient-flow time, ``round(decay_steps * sum(1 / decay))``
@@ -71,13 +74,16 @@ class MechanismConfig:
     """
 
     scale: str = "paper"
+    dim: int = 1
     n: int = 20
     times: tuple = (0.05, 0.2)
     lrs: tuple = (0.5, 0.1, 0.05, 0.01)
     steps: tuple = (5_000, 25_000, 50_000, 200_000)
     batch_size: int = 50
     width: int = 1000
+    reduction: str = "mean_all"
     seeds: tuple = tuple(range(30))
+    noise_draws: int = 1000
     average_fraction: float = 0.2
     decay: tuple = (10.0, 100.0)
     decay_steps: int = 10_000
@@ -99,20 +105,28 @@ class MechanismConfig:
             raise ValueError(f"decay_steps must be a positive integer, got {self.decay_steps!r}")
         if int(self.checkpoints) != self.checkpoints or self.checkpoints < 1:
             raise ValueError(f"checkpoints must be a positive integer, got {self.checkpoints!r}")
+        if int(self.dim) != self.dim or self.dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {self.dim!r}")
+        if self.reduction not in ("mean", "mean_all"):
+            raise ValueError(f"reduction must be 'mean' or 'mean_all', got {self.reduction!r}")
         if any(s < 2 * _BLOCK for s in self.steps):
             raise ValueError(f"steps must be at least {2 * _BLOCK} (two random blocks), "
                              f"got {self.steps!r}")
 
     @classmethod
-    def preset(cls, scale: str) -> "MechanismConfig":
-        """The paper's Fig. 2 protocol (``"paper"``) or the book's reduced one (``"book"``: a
-        quarter of the steps, as chapter 8's book-scale Fig. 2, and 6 data sets)."""
+    def preset(cls, scale: str, dim: int = 1) -> "MechanismConfig":
+        """The paper's Fig. 2 protocol (``"paper"``) or the book's reduced one (``"book"``: in 1-D
+        a quarter of the steps, as chapter 8's book-scale Fig. 2, and 6 data sets; in d > 1 a
+        tenth of the steps and 4 data sets, as its d = 10 run)."""
         if scale == "paper":
-            return cls()
+            return cls(dim=dim)
         if scale == "book":
-            return cls(scale="book", steps=(1_250, 6_250, 12_500, 50_000), seeds=tuple(range(6)),
-                       decay_steps=2_500, checkpoints=6, trajectory_sharpness=False,
-                       sharpness_iters=60)
+            if dim == 1:
+                return cls(scale="book", steps=(1_250, 6_250, 12_500, 50_000),
+                           seeds=tuple(range(6)), decay_steps=2_500, checkpoints=6,
+                           trajectory_sharpness=False, sharpness_iters=60)
+            return cls(scale="book", dim=dim, steps=(512, 2_560, 5_120, 20_480),
+                       seeds=tuple(range(4)), decay_steps=1_000, checkpoints=5, noise_draws=300)
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
 
 
@@ -135,18 +149,20 @@ def control_steps(cfg) -> int:
 
 
 def _members(cfg):
-    """Member k = (t, s) of every lr group: time index, seed index, mu_k, sigma_k, data (K, n)."""
+    """Member k = (t, s) of every lr group: time index, seed index, mu_k, sigma_k, and the data
+    (S, n) in 1-D, (S, n, d) otherwise."""
     mus, sigmas = _schedule(cfg.times)
     T, S = len(mus), len(cfg.seeds)
     t_idx, s_idx = np.repeat(np.arange(T), S), np.tile(np.arange(S), T)
-    data = np.stack([torch.randn(cfg.n, 1, generator=_generator(s, _DATA, 1),
-                                 dtype=torch.float64).numpy()[:, 0] for s in cfg.seeds])  # (S, n)
-    return t_idx, s_idx, mus, sigmas, data
+    data = np.stack([torch.randn(cfg.n, cfg.dim, generator=_generator(s, _DATA, cfg.dim),
+                                 dtype=torch.float64).numpy() for s in cfg.seeds])
+    return t_idx, s_idx, mus, sigmas, data[..., 0] if cfg.dim == 1 else data
 
 
 def _new_net(cfg, s_idx):
     init = [_generator(cfg.seeds[s], _INIT) for s in s_idx]
-    return TwoLayerScoreNet(cfg.width, 1, ensemble=len(s_idx), generator=init, device=cfg.device)
+    return TwoLayerScoreNet(cfg.width, cfg.dim, ensemble=len(s_idx), generator=init,
+                            device=cfg.device)
 
 
 def _train_gens(cfg, t_idx, s_idx):
@@ -158,17 +174,31 @@ def _float64(net):
     return TwoLayerScoreNet.from_parameters(W1, b, W2)
 
 
+def _step_lr(cfg, lr):
+    """The learning rate of the batch-mean loss that takes cfg's steps (``lr / d`` for mean_all)."""
+    return float(lr) / cfg.dim if cfg.reduction == "mean_all" else float(lr)
+
+
 class _Evaluator:
     """Per-member measurements of an ensemble (float64) on its members' data and noise levels."""
 
     def __init__(self, cfg, x, mu_k, sigma_k, lr):
         self.cfg, self.x, self.mu, self.sigma = cfg, x, mu_k, sigma_k
-        self.edge = stability_threshold(cfg.width, float(lr))
+        self.edge = stability_threshold(cfg.width, _step_lr(cfg, lr))
 
     def __call__(self, net, *, with_sharpness, seed_keys):
         cfg, x, mu, sigma = self.cfg, self.x, self.mu, self.sigma
         net = _float64(net)
         out = {}
+        K = x.shape[0]
+        if cfg.dim > 1:       # Monte Carlo; no TV_pi, kinks or exact Hessian in d > 1
+            with torch.no_grad():
+                out["excess"] = excess_risk(net, x, mu, sigma, num_samples=cfg.noise_draws,
+                                            generator=_generator(*seed_keys)).numpy()
+                out["active"] = active_fraction(net, x, mu).numpy()
+            for q in ("tv", "kinks", "sharpness", "ratio"):
+                out[q] = np.full(K, math.nan)
+            return out
         with torch.no_grad():
             out["excess"] = excess_risk(net, x, mu, sigma, num_nodes=cfg.quadrature_nodes).numpy()
             out["active"] = active_fraction(net, x, mu).numpy()
@@ -193,7 +223,8 @@ class _Evaluator:
 
 def _continue(net, x, mu_k, sigma_k, lr, steps, gens, cfg, **kw):
     return train_sgd(net, x, mu_k, sigma_k, lr=lr, steps=int(steps), batch_size=cfg.batch_size,
-                     generator=gens, device=cfg.device, progress=False, **kw)
+                     reduction=cfg.reduction, generator=gens, device=cfg.device, progress=False,
+                     **kw)
 
 
 def _clone(net):
@@ -215,7 +246,7 @@ def _group(cfg, li, members, progress):
     t_idx, s_idx, mus, sigmas, data = members
     lr, steps = float(cfg.lrs[li]), int(cfg.steps[li])
     K = len(t_idx)
-    x = torch.as_tensor(data[s_idx])                                             # (K, n) float64
+    x = torch.as_tensor(data[s_idx])                                  # (K, n) or (K, n, d) float64
     x32 = x.to(torch.float32)
     mu_k = torch.as_tensor(mus[t_idx])
     sigma_k = torch.as_tensor(sigmas[t_idx])
@@ -291,7 +322,8 @@ def mechanism(config: MechanismConfig | None = None, *, progress: bool = False) 
       when ``trajectory_sharpness`` is off, except at the end);
     - references ``tv_star`` (T, S) = ``TV_pi(s*)``, ``zero_excess`` (T, S) (the score 0);
       ``lrs``, ``steps``, ``times``, ``mu``, ``sigma``, ``seeds``, ``data`` (S, n),
-      ``stability_threshold`` (L,), ``train_seconds`` (L,).
+      ``stability_threshold`` (L,) (``2 / (m eta)``, with eta / d for ``"mean_all"`` in d > 1),
+      ``train_seconds`` (L,).
     """
     cfg = MechanismConfig() if config is None else config
     members = _members(cfg)
@@ -318,21 +350,25 @@ def mechanism(config: MechanismConfig | None = None, *, progress: bool = False) 
     for li, g in enumerate(groups):
         checks[li, :len(g["checks"])] = g["checks"]
     out["checkpoints"] = checks
-    tv_star = np.zeros((T, S))
+    tv_star = np.full((T, S), math.nan)
     zero = np.zeros((T, S))
     for t in range(T):
         for s in range(S):
             x = torch.as_tensor(data[s])
-            tv_star[t, s] = weighted_tv("optimal", x, float(mus[t]), float(sigmas[t]),
-                                        grid=cfg.tv_grid)
-            zero[t, s] = float(excess_risk(lambda y: torch.zeros_like(y), x, float(mus[t]),
-                                           float(sigmas[t]), num_nodes=cfg.quadrature_nodes))
+            mu, sigma = float(mus[t]), float(sigmas[t])
+            if cfg.dim == 1:
+                tv_star[t, s] = weighted_tv("optimal", x, mu, sigma, grid=cfg.tv_grid)
+                kw = {"num_nodes": cfg.quadrature_nodes}
+            else:
+                kw = {"num_samples": cfg.noise_draws, "generator": _generator(s, _EVAL, t, 7)}
+            zero[t, s] = float(excess_risk(lambda y: torch.zeros_like(y), x, mu, sigma, **kw))
     out.update({
         "tv_star": tv_star, "zero_excess": zero,
         "lrs": np.array(cfg.lrs, dtype=np.float64), "steps": np.array(cfg.steps, dtype=np.int64),
         "times": np.array(cfg.times, dtype=np.float64), "mu": mus, "sigma": sigmas,
         "seeds": np.array(cfg.seeds, dtype=np.int64), "data": data,
-        "stability_threshold": np.array([stability_threshold(cfg.width, lr) for lr in cfg.lrs]),
+        "stability_threshold": np.array([stability_threshold(cfg.width, _step_lr(cfg, lr))
+                                         for lr in cfg.lrs]),
         "train_seconds": np.array([g["seconds"] for g in groups]),
     })
     return out
@@ -386,12 +422,52 @@ def decompose(res: dict, ti: int, *, reference: int = -1) -> dict:
         out["n"][li], out["diverged"][li] = keep.sum(), div.sum()
         out["collapsed"][li] = (col & keep).sum()
         alive = keep & live
-        out["stable_after"][li] = (np.mean(res["ratio_decay"][li, ti][alive] <= 1.0)
-                                   if alive.any() else math.nan)
+        ratio = res["ratio_decay"][li, ti][alive]
+        ratio = ratio[np.isfinite(ratio)]                  # no sharpness in d > 1
+        out["stable_after"][li] = np.mean(ratio <= 1.0) if ratio.size else math.nan
         for p in parts:
             sel = alive if p == "time" else keep
             m, lo, hi = mean_ci(values[p][sel])
             out[p][li], out[p + "_lo"][li], out[p + "_hi"][li] = m, lo, hi
+    return out
+
+
+def collapse_by_step(dims=(1, 10), lrs=(0.05, 0.1, 0.2, 0.5), *, steps: int = 1024,
+                     t: float = 0.05, n: int = 20, width: int = 1000, batch_size: int = 50,
+                     seeds=tuple(range(8)), device="cpu") -> dict:
+    r"""Collapse and divergence at the same step on the per-sample loss, in d = 1 and d = 10.
+
+    Fig. 2's d = 10 networks are trained on the loss averaged over the batch *and* the d
+    coordinates (``"mean_all"``), whose step is that of the per-sample squared norm at ``eta / d``:
+    its eta = 0.5 takes the steps of eta = 0.05 in d = 1. This check trains both dimensions with the
+    same per-sample loss (``reduction="mean"``) and the same learning rates, with Fig. 2's data,
+    initialisations and batches (simulation s, noise level ``t``), for ``steps`` steps.
+    Returns ``diverged``, ``collapsed`` (no unit active on the hull of the ``mu x_i``, not
+    diverged) and ``active`` (fraction of units active there; NaN when diverged), each
+    (D, L, S), and ``dims``, ``lrs``, ``seeds``.
+    """
+    from ..schedule import ou_mu, ou_sigma
+
+    mu, sigma = ou_mu(t), ou_sigma(t)
+    shape = (len(dims), len(lrs), len(seeds))
+    out = {"diverged": np.zeros(shape, dtype=bool), "collapsed": np.zeros(shape, dtype=bool),
+           "active": np.full(shape, math.nan)}
+    for i, d in enumerate(dims):
+        data = torch.stack([torch.randn(n, d, generator=_generator(s, _DATA, d),
+                                        dtype=torch.float64) for s in seeds]).to(torch.float32)
+        for j, lr in enumerate(lrs):
+            net = TwoLayerScoreNet(width, d, ensemble=len(seeds), device=device,
+                                   generator=[_generator(s, _INIT) for s in seeds])
+            res = train_sgd(net, data, mu, sigma, lr=float(lr), steps=int(steps),
+                            batch_size=batch_size, reduction="mean", device=device,
+                            generator=[_generator(s, _TRAIN, 0) for s in seeds], progress=False)
+            div = res.diverged.cpu().numpy()
+            act = active_fraction(net, data if d > 1 else data[..., 0], mu).cpu().numpy()
+            out["diverged"][i, j] = div
+            out["active"][i, j] = np.where(div, math.nan, act)
+            out["collapsed"][i, j] = ~div & (act == 0)
+    out.update({"dims": np.array(dims), "lrs": np.array(lrs, dtype=np.float64),
+                "seeds": np.array(seeds)})
     return out
 
 
@@ -410,7 +486,10 @@ class Mechanism2dConfig:
     and the small rate with the large rate's batch (the batch-size confound). ``decay``: the large
     rate's survivors continue at ``lr / decay_factor`` for ``decay_steps`` steps (noise removal:
     do they memorize once the noise is gone?). The data, initialisations and batches of the first
-    two arms are those of :func:`fig3` with the same seeds and scale, so the networks coincide.
+    two arms are those of :func:`fig3` with the same seeds and scale, so the networks coincide. At
+    book scale the batch-size control compares the small rate with batches of 5000 and of 500 at
+    the same number of steps (the last two arms; the last is the first quarter of Fig. 3's small-rate
+    arm, the trainer's random stream being the same prefix).
     """
 
     scale: str = "paper"
@@ -452,7 +531,7 @@ class Mechanism2dConfig:
         if scale == "book":
             return cls(scale="book", width=250, num_samples=1000, sampler_steps=200,
                        arms=((2.0, 2_000, 5000), (0.05, 40_000, 500), (1.0, 4_000, 5000),
-                             (0.05, 10_000, 5000)),
+                             (0.05, 10_000, 5000), (0.05, 10_000, 500)),
                        decay_steps=2_000)
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
 

@@ -21,7 +21,8 @@ from ..timenet import TimeScoreNet, train_time_score_net
 from ._common import (_DATA, _EVAL, _INIT, _SAMPLE, _TRAIN, _check_common, _check_lrs,
                       _check_reduction, _generator, _progress)
 
-__all__ = ["Fig3Config", "Fig4Config", "fig3", "fig4", "reduction_check", "jitter_calibration"]
+__all__ = ["Fig3Config", "Fig4Config", "fig3", "fig4", "fig4_combine", "reduction_check",
+           "jitter_calibration"]
 
 
 @dataclass(frozen=True)
@@ -137,14 +138,22 @@ class Fig4Config:
         raise ValueError(f"scale must be 'book' or 'paper', got {scale!r}")
 
 
-def _train_time_nets(cfg, data, lr, steps, seeds, dim, progress, batch_size=None):
-    """One TimeScoreNet ensemble over ``seeds`` trained on ``data``; returns (net, result)."""
+def _train_time_nets(cfg, data, lrs, steps, seeds, dim, progress, batch_size=None):
+    """One TimeScoreNet ensemble trained on ``data``; returns (net, result).
+
+    Members: ``seeds`` (one member each, same ``lr``: ``lrs`` a number), or the pairs
+    ``(lr, seed)`` with ``lrs`` and ``seeds`` of equal length. Member k is initialised and fed by
+    the generators of ``(seeds[k], purpose, dim)`` on the device, so it is the network a single
+    run with that seed gives. data: (n, d) shared, or (K, n, d) one data set per member.
+    """
     dev = torch.device(cfg.device)
     init = [_generator(s, _INIT, dim, device=dev) for s in seeds]
     net = TimeScoreNet(cfg.width, dim, ensemble=len(seeds), generator=init, device=dev)
     gens = [_generator(s, _TRAIN, dim, device=dev) for s in seeds]
+    lr = (torch.tensor([float(v) for v in lrs], device=dev)
+          if isinstance(lrs, (list, tuple)) else float(lrs))
     log_every = max(1, steps // 100)
-    res = train_time_score_net(net, data.to(dev, torch.float32), lr=float(lr), steps=int(steps),
+    res = train_time_score_net(net, data.to(dev, torch.float32), lr=lr, steps=int(steps),
                                batch_size=batch_size or cfg.batch_size, T=cfg.T,
                                delta=cfg.delta,
                                num_times=cfg.num_times, time_weighting=cfg.time_weighting,
@@ -153,33 +162,28 @@ def _train_time_nets(cfg, data, lr, steps, seeds, dim, progress, batch_size=None
     return net, res
 
 
-def _sample(score_fn, num, dim, cfg, gen, ensemble=None):
+def _sample(score_fn, num, dim, cfg, gen, ensemble=None, nonfinite="raise"):
     return reverse_sde_sample(score_fn, num, dim, T=cfg.T, delta=cfg.delta,
                               steps=cfg.sampler_steps, ensemble=ensemble, generator=gen,
-                              device=cfg.device)
+                              device=cfg.device, nonfinite=nonfinite)
 
 
-def _sample_members(net, diverged, num, dim, cfg, *keys):
+def _sample_members(net, diverged, num, dim, cfg, member_keys):
     """Samples of every member of a TimeScoreNet ensemble: (K, num, dim), NaN where unusable.
 
-    A diverged member (frozen by the trainer) is not sampled; a member whose score turns NaN or
-    infinite along the way (the sampler raises FloatingPointError) gets NaN samples too. Member k
-    uses the generator of ``(*keys, k)``. Returns the samples and a (K,) bool "failed" flag.
+    All members are sampled at once (one ensemble run of the sampler); member k uses the
+    generator of ``member_keys[k]``, so its samples are those of a run of member k alone. A
+    diverged member (frozen by the trainer), and a member whose samples turn NaN or infinite
+    (its score blew up), get NaN samples. Returns the samples and a (K,) bool "failed" flag.
     """
     dev = torch.device(cfg.device)
     K = net.ensemble
-    out = torch.full((K, num, dim), math.nan, device=dev)
-    failed = np.zeros(K, dtype=bool)
-    for k in range(K):
-        if bool(diverged.reshape(-1)[k]):
-            failed[k] = True
-            continue
-        try:
-            out[k] = _sample(net.member(k).score, num, dim, cfg,
-                             _generator(*keys, k, device=dev)).reshape(num, dim)
-        except FloatingPointError:
-            failed[k] = True
-    return out, failed
+    gens = [_generator(*keys, device=dev) for keys in member_keys]
+    out = _sample(lambda x, t: net.score(x, t, check=False), num, dim, cfg, gens, ensemble=K,
+                  nonfinite="keep").reshape(K, num, dim)
+    bad = diverged.reshape(-1).to(dev) | ~torch.isfinite(out).flatten(1).all(dim=1)
+    out[bad] = math.nan
+    return out, bad.cpu().numpy()
 
 
 def _references(data, cfg, num, *keys, second=True):
@@ -192,6 +196,16 @@ def _references(data, cfg, num, *keys, second=True):
              if second else None)
     gauss = fitted_gaussian(x).sample(num, generator=_generator(*keys, 2, device=dev))
     return star, star2, gauss
+
+
+def _lr_groups(cfg) -> list:
+    """Indices of the learning rates trained together as one ensemble: those with the same
+    number of steps and the same batch size (in the paper's and the book's presets every
+    learning rate has its own step count, so each is its own group of ``len(seeds)`` members)."""
+    groups = {}
+    for li, steps in enumerate(cfg.steps):
+        groups.setdefault((int(steps), cfg.batch_for(li)), []).append(li)
+    return list(groups.values())
 
 
 def fig3(config: Fig3Config | None = None, *, progress: bool = False) -> dict:
@@ -208,7 +222,8 @@ def fig3(config: Fig3Config | None = None, *, progress: bool = False) -> dict:
       samples much closer to one training point than to any other (Gu et al. 2023, ratio 1/3);
     - ``diverged`` (L, S) bool, ``final_loss`` (L, S); ``sampling_failed`` (L, S): no samples
       (diverged, or the score blew up while sampling): samples and metrics are NaN;
-      ``lrs``, ``steps``, ``seeds``, ``train_seconds`` (L,).
+      ``lrs``, ``steps``, ``seeds``, ``train_seconds`` (L,) (training time of the ensemble that
+      holds the learning rate, see :func:`_lr_groups`).
     """
     cfg = Fig3Config() if config is None else config
     dev = torch.device(cfg.device)
@@ -216,28 +231,34 @@ def fig3(config: Fig3Config | None = None, *, progress: bool = False) -> dict:
                                    dtype=torch.float64)
     xf = x.to(dev, torch.float32)
     star, star2, gauss = _references(x, cfg, cfg.num_samples, cfg.data_seed, _SAMPLE)
-    out = {k: [] for k in ("samples", "mmd_star", "mmd_gauss", "memorization", "diverged",
-                           "sampling_failed", "final_loss")}
-    seconds = []
-    for li, (lr, steps) in enumerate(_progress(list(zip(cfg.lrs, cfg.steps)), progress,
-                                               "learning rates")):
+    L, S = len(cfg.lrs), len(cfg.seeds)
+    out = {k: [None] * L for k in ("samples", "mmd_star", "mmd_gauss", "memorization",
+                                   "diverged", "sampling_failed", "final_loss")}
+    seconds = [0.0] * L
+    for group in _progress(_lr_groups(cfg), progress, "learning rates"):
         t0 = time.perf_counter()
-        net, res = _train_time_nets(cfg, x, lr, steps, cfg.seeds, cfg.dim, progress,
-                                    batch_size=cfg.batch_for(li))
-        seconds.append(time.perf_counter() - t0)
-        smp, failed = _sample_members(net, res.diverged, cfg.num_samples, cfg.dim, cfg,
-                                      cfg.data_seed, _SAMPLE, 10 + li)
-        out["samples"].append(smp.cpu().numpy())
-        nan = math.nan
-        out["mmd_star"].append([nan if f else float(mmd(s, star, cfg.bandwidth))
-                                for s, f in zip(smp, failed)])
-        out["mmd_gauss"].append([nan if f else float(mmd(s, gauss, cfg.bandwidth))
-                                 for s, f in zip(smp, failed)])
-        out["memorization"].append([nan if f else memorization_fraction(s, xf)
-                                    for s, f in zip(smp, failed)])
-        out["sampling_failed"].append(failed)
-        out["diverged"].append(res.diverged.cpu().numpy())
-        out["final_loss"].append(res.final_loss.cpu().numpy().astype(np.float64))
+        steps = cfg.steps[group[0]]
+        lrs = float(cfg.lrs[group[0]]) if len(group) == 1 else \
+            [cfg.lrs[li] for li in group for _ in cfg.seeds]
+        net, res = _train_time_nets(cfg, x, lrs, steps, cfg.seeds * len(group), cfg.dim,
+                                    progress, batch_size=cfg.batch_for(group[0]))
+        train_seconds = time.perf_counter() - t0
+        keys = [(cfg.data_seed, _SAMPLE, 10 + li, k) for li in group for k in range(S)]
+        smp, failed = _sample_members(net, res.diverged, cfg.num_samples, cfg.dim, cfg, keys)
+        for gi, li in enumerate(group):
+            rows = slice(gi * S, (gi + 1) * S)
+            seconds[li] = train_seconds
+            out["samples"][li] = smp[rows].cpu().numpy()
+            nan = math.nan
+            out["mmd_star"][li] = [nan if f else float(mmd(s, star, cfg.bandwidth))
+                                   for s, f in zip(smp[rows], failed[rows])]
+            out["mmd_gauss"][li] = [nan if f else float(mmd(s, gauss, cfg.bandwidth))
+                                    for s, f in zip(smp[rows], failed[rows])]
+            out["memorization"][li] = [nan if f else memorization_fraction(s, xf)
+                                       for s, f in zip(smp[rows], failed[rows])]
+            out["sampling_failed"][li] = failed[rows]
+            out["diverged"][li] = res.diverged[rows].cpu().numpy()
+            out["final_loss"][li] = res.final_loss[rows].cpu().numpy().astype(np.float64)
     arrays = {k: np.asarray(v) for k, v in out.items()}
     arrays.update({
         "data": x.numpy(), "star_samples": star.cpu().numpy(), "gauss_samples": gauss.cpu().numpy(),
@@ -299,23 +320,25 @@ def fig4(config: Fig4Config | None = None, *, progress: bool = False) -> dict:
     for d in _progress(cfg.dims, progress, "dimensions"):
         per_run = {k: [] for k in keys}
         t0 = time.perf_counter()
-        for s in cfg.seeds:
-            # one run = new data, new network (TimeScoreNet training takes one data set)
-            x = cfg.data_std * torch.randn(cfg.n, d, generator=_generator(s, _DATA, d),
-                                           dtype=torch.float64)
-            xf = x.to(dev, torch.float32)
-            net, res = _train_time_nets(cfg, x, cfg.lr, cfg.steps, (s,), d, progress)
-            gen, _ = _sample_members(net, res.diverged, P * N, d, cfg, s, _SAMPLE, d, 10)
-            gen = gen[0].reshape(P, N, d)
+        # one run = new data, new network: the runs of a dimension are one ensemble with one
+        # data set per member, member k fed by the random streams of seed k
+        xs = torch.stack([cfg.data_std * torch.randn(cfg.n, d, generator=_generator(s, _DATA, d),
+                                                     dtype=torch.float64) for s in cfg.seeds])
+        net, res = _train_time_nets(cfg, xs, cfg.lr, cfg.steps, cfg.seeds, d, progress)
+        gens, _ = _sample_members(net, res.diverged, P * N, d, cfg,
+                                  [(s, _SAMPLE, d, 10, 0) for s in cfg.seeds])
+        for r, s in enumerate(cfg.seeds):
+            x, gen = xs[r], gens[r].reshape(P, N, d)
             star, _, gauss = _references(x, cfg, P * N, s, _SAMPLE, d, second=False)
             star, gauss = star.reshape(P, N, d), gauss.reshape(P, N, d)
-            for k, v in _set_metrics(gen, star, gauss, xf, cfg.bandwidth).items():
+            for k, v in _set_metrics(gen, star, gauss, x.to(dev, torch.float32),
+                                     cfg.bandwidth).items():
                 per_run[k].append(v)
             per_run["samples_proj"].append(gen[0, :, :2].cpu().numpy())
             per_run["star_proj"].append(star[0, :, :2].cpu().numpy())
             per_run["data_proj"].append(x[:, :2].numpy())
-            per_run["diverged"].append(bool(res.diverged.reshape(-1)[0]))
-            per_run["final_loss"].append(float(res.final_loss.reshape(-1)[0]))
+            per_run["diverged"].append(bool(res.diverged.reshape(-1)[r]))
+            per_run["final_loss"].append(float(res.final_loss.reshape(-1)[r]))
         seconds.append(time.perf_counter() - t0)
         for k in keys:
             out[k].append(np.asarray(per_run[k]))
@@ -325,6 +348,30 @@ def fig4(config: Fig4Config | None = None, *, progress: bool = False) -> dict:
                    "seeds": np.array(cfg.seeds, dtype=np.int64),
                    "train_seconds": np.array(seconds)})
     return arrays
+
+
+def fig4_combine(parts) -> dict:
+    """Join :func:`fig4` results of single dimensions (or of any disjoint dimension lists) into
+    the result of one run over all their dimensions, in the order given.
+
+    Every dimension is computed independently (its random streams are keyed by the seed, the
+    purpose and ``d``), so ``fig4_combine([fig4(cfg_d) for d in dims])`` equals ``fig4(cfg)``
+    with ``cfg.dims = dims`` array for array: this is how a long paper-scale run is split into
+    resumable parts (``tools/paper_scale_gpu.py``). parts: a list of such dicts, same seeds.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("parts must hold at least one fig4 result")
+    seeds = parts[0]["seeds"]
+    for p in parts[1:]:
+        if not np.array_equal(p["seeds"], seeds):
+            raise ValueError("fig4 parts must have the same seeds")
+    out = {k: np.concatenate([np.asarray(p[k]) for p in parts])
+           for k in parts[0] if k != "seeds"}
+    if len(set(out["dims"].tolist())) != len(out["dims"]):
+        raise ValueError(f"fig4 parts overlap: dimensions {out['dims'].tolist()}")
+    out["seeds"] = np.asarray(seeds)
+    return out
 
 
 def reduction_check(dims=(2, 10, 50, 200), lrs=(0.5,), reductions=("mean", "mean_all"), *,

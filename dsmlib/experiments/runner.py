@@ -28,13 +28,13 @@ FIGURES = {"fig1": (Fig1Config, fig1), "fig2": (Fig2Config, fig2), "fig3": (Fig3
 def make_config(name: str, scale: str = "book", **overrides):
     """The preset configuration of figure ``name`` at ``scale``, with fields replaced by ``overrides``.
 
-    ``make_config("fig2", "paper", dim=10)`` is the paper's d = 10 sweep. For ``fig2`` the
-    ``dim`` override selects the book preset of that dimension.
+    ``make_config("fig2", "paper", dim=10)`` is the paper's d = 10 sweep. For ``fig2`` and
+    ``mechanism`` the ``dim`` override selects the book preset of that dimension.
     """
     if name not in FIGURES:
         raise ValueError(f"name must be one of {sorted(FIGURES)}, got {name!r}")
     cls = FIGURES[name][0]
-    if name == "fig2":
+    if name in ("fig2", "mechanism"):
         cfg = cls.preset(scale, dim=overrides.pop("dim", 1))
     else:
         cfg = cls.preset(scale)
@@ -61,9 +61,10 @@ def _identity(config) -> dict:
 
 
 def result_path(name: str, config, out_dir="results", tag: str | None = None) -> Path:
-    """Where :func:`run` saves: ``{out_dir}/{name}_{scale}[_d{dim}][_{tag}].npz``."""
+    """Where :func:`run` saves: ``{out_dir}/{name}_{scale}[_d{dim}][_{tag}].npz`` (``_d{dim}``
+    always for fig2, for mechanism when ``dim != 1``)."""
     stem = f"{name}_{config.scale}"
-    if name == "fig2":
+    if name == "fig2" or name == "mechanism" and config.dim != 1:
         stem += f"_d{config.dim}"
     if tag:
         stem += f"_{tag}"
