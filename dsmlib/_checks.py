@@ -44,6 +44,7 @@ __all__ = [
     "call_user",
     "network_output",
     "same_shape",
+    "data_center",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -306,6 +307,24 @@ def noise(mu, sigma, dtype: torch.dtype = torch.float64):
     return noise_scale(mu, "mu", dtype), noise_scale(sigma, "sigma", dtype)
 
 
+def data_center(x: torch.Tensor):
+    """The point ``c`` (d,) to subtract from training points ``x`` (n, d) before computing the
+    posterior logits ``mu y.x_j - mu^2 |x_j|^2 / 2`` (or the weight pi), or ``None``.
+
+    Those formulas are translation covariant, but evaluated for points far from the origin
+    compared with their spread they subtract large, nearly equal numbers and lose about
+    ``log2(|x| / spread)`` bits (data at ``1e8 +- 1`` lose all of them in float64). The midrange
+    ``c`` is returned only when it exceeds four times the data's half-range, so data spread
+    around the origin keep their exact arithmetic.
+    """
+    lo, hi = x.detach().amin(0), x.detach().amax(0)
+    c = lo / 2 + hi / 2
+    half = float((hi / 2 - lo / 2).max())
+    if float(c.abs().max()) > 4.0 * half:
+        return c
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # devices, dtypes, seeds
 # ----------------------------------------------------------------------------------------------
@@ -419,21 +438,20 @@ def call_user(fn, name: str, *args, signature: str = "y"):
                         f"{signature} and return a tensor)") from exc
 
 
-def function_output(out, name: str, *, where: str = "", hint: str = ""):
-    """Check what a user's function returned: a real tensor (``TypeError`` otherwise) with finite
-    values (``FloatingPointError`` otherwise). Integer outputs are accepted. Returns ``out``.
-
-    ``where`` ends the messages (e.g. `` at step 3``); ``hint`` follows the NaN message."""
+def function_output(out, name: str):
+    """Check what a user's function returned: a real, dense tensor with data (``TypeError``
+    otherwise) holding finite values (``FloatingPointError`` otherwise). Integer outputs are
+    accepted. Returns ``out``."""
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{name} must return a torch tensor, got {type(out).__name__}{where}")
+        raise TypeError(f"{name} must return a torch tensor, got {type(out).__name__}")
     if out.is_complex() or out.dtype == torch.bool:
-        raise TypeError(f"{name} must return real values, got dtype {out.dtype}{where}")
+        raise TypeError(f"{name} must return real values, got dtype {out.dtype}")
     if out.device.type == "meta":
-        raise TypeError(f"{name} returned a tensor on the meta device (no data){where}")
+        raise TypeError(f"{name} returned a tensor on the meta device (no data)")
     if out.layout != torch.strided:
-        raise TypeError(f"{name} must return a dense tensor, got layout {out.layout}{where}")
+        raise TypeError(f"{name} must return a dense tensor, got layout {out.layout}")
     if out.is_floating_point() and not bool(torch.isfinite(out).all()):
-        raise FloatingPointError(f"{name} returned NaN or infinite values{where}{hint}")
+        raise FloatingPointError(f"{name} returned NaN or infinite values")
     return out
 
 

@@ -15,7 +15,9 @@ common term ``|y|^2`` dropped), so no ``0/0`` occurs for small ``sigma`` or far-
 Where those logits overflow (float32 queries at ``|y| ~ 1e27`` with ``sigma = 1e-6``, data at
 ``+-1e20``), the rows concerned are recomputed in float64 from rescaled logits that cannot
 overflow (:func:`_stable_moments`); the result is then finite, or ``+-inf`` where the true value
-exceeds the dtype's range, never NaN. ``sigma`` must have a normal square in the computation's
+exceeds the dtype's range, never NaN. Data far from the origin compared with their spread
+(``1e4 +- 1``) are shifted by their midrange first (``_checks.data_center``): the logits are
+translation covariant, and unshifted their two large terms cancel. ``sigma`` must have a normal square in the computation's
 dtype (``_checks.noise``). Query points are processed in chunks so memory stays bounded (about
 ``chunk_elements`` entries of the ``(chunk, n)`` weight matrix at a time), each chunk written
 into a preallocated output. See chapter 2.
@@ -131,6 +133,9 @@ def posterior_moments(y, data, mu, sigma, *, chunk_size=None):
     yy, x, mu, sigma, out_shape = _prepare(y, data, mu, sigma)
     if x.shape[1] != 1:
         raise ValueError(f"posterior_moments needs one-dimensional data, got data of dimension {x.shape[1]}")
+    c = _checks.data_center(x)
+    if c is not None:                    # data far from the origin: shift it (module docstring)
+        x, yy = x - c, yy - mu * c
     mean = torch.empty(yy.shape[0], dtype=yy.dtype, device=yy.device)
     var = torch.empty_like(mean)
     xs = x[:, 0]
@@ -144,6 +149,8 @@ def posterior_moments(y, data, mu, sigma, *, chunk_size=None):
         idx = bad.nonzero()[:, 0]
         m64, v64 = _stable_moments(yy[idx], x, mu, sigma, variance=True)
         mean[idx], var[idx] = m64[:, 0].to(mean.dtype), v64.to(var.dtype)
+    if c is not None:
+        mean = mean + c[0]
     return mean.reshape(out_shape), var.reshape(out_shape)
 
 
@@ -161,6 +168,9 @@ def optimal_score(y, data, mu, sigma, *, chunk_size=None):
     yy, x, mu, sigma, out_shape = _prepare(y, data, mu, sigma)
     if yy.shape[0] == 0:
         return yy.reshape(out_shape)
+    c = _checks.data_center(x)
+    if c is not None:        # data far from the origin: s* = (mu E[W - c] - (y - mu c)) / sigma^2
+        x, yy = x - c, yy - mu * c
     mean = _posterior_mean(yy, x, mu, sigma, chunk_size)
     score = (mu * mean - yy) / sigma ** 2
     bad = ~torch.isfinite(score).all(1)                      # overflowing logits: see module doc

@@ -396,6 +396,9 @@ def _tv_weight(y, v, sigma):
 
     The (N, 2n - 1) arrays are built for a block of query points at a time, each block written
     into a preallocated output (bounded memory for many queries and many data points)."""
+    c = _checks.data_center(v[:, None])
+    if c is not None:                    # far from the origin: shift (pi is translation covariant)
+        v, y = v - c[0], y - c[0]
     breaks, c0, c1 = _min_pieces(v)
     flat = y.reshape(-1, 1)
     rows = max(1, (_PAIR_BLOCK_ELEMENTS // 4) // breaks.numel())   # ~12 temporaries per block
@@ -458,7 +461,9 @@ def _third_central_moment(y, x, mu, sigma):
     if bool(bad.any()):
         from .optimal import _stable_weights
         idx = bad.nonzero()[:, 0]
-        alpha, x64, cx = _stable_weights(y[idx, None], x[:, None], mu, sigma)
+        c = _checks.data_center(x[:, None])
+        xs, ys = (x, y) if c is None else (x - c[0], y - mu * c[0])
+        alpha, x64, cx = _stable_weights(ys[idx, None], xs[:, None], mu, sigma)
         xn = x64[:, 0] / cx
         m = alpha @ xn
         third = (alpha * (xn[None, :] - m[:, None]) ** 3).sum(1)        # in units of c_x^3
@@ -467,6 +472,9 @@ def _third_central_moment(y, x, mu, sigma):
 
 
 def _third_central_moment_fast(y, x, mu, sigma):
+    c = _checks.data_center(x[:, None])
+    if c is not None:                     # far from the origin: shift (the moment is invariant)
+        x, y = x - c[0], y - mu * c[0]
     out = torch.empty_like(y)
     chunk = max(1, (1 << 22) // x.numel())
     mx = mu * x
@@ -513,6 +521,7 @@ def _grid(v, x, mu, sigma, size):
     nodes = [coarse]
     gaps = x[1:] - x[:-1]
     keep = gaps > 0
+    tol = 1e-12 * float(v[-1] - v[0])     # nodes closer than this are merged (see below)
     if bool(keep.any()):
         g = gaps[keep]
         mid = (v[1:] + v[:-1])[keep] / 2.0
@@ -523,9 +532,21 @@ def _grid(v, x, mu, sigma, size):
         lo, hi = mid - half, mid + half
         inside = ((coarse[:, None] > lo[None, :]) & (coarse[:, None] < hi[None, :])).any(1)
         nodes = [coarse[~inside], (mid[:, None] + half[:, None] * s[None, :]).reshape(-1)]
+        # a transition narrower than 1e-12 of the span (widely spaced data, tiny sigma) keeps
+        # its fine nodes: the merging tolerance stays below their spacing
+        spacing = float(half.min()) * 2.0 / (size - 1)
+        tol = min(tol, 0.25 * spacing)
+        resolution = torch.finfo(v.dtype).eps * float(v.abs().max())
+        if spacing < 0.25 * resolution:     # the nodes of a transition would collapse: no answer
+            raise ValueError(f"sigma = {sigma:g} is too small for data spread over "
+                             f"{float(x[-1] - x[0]):.3g}: the transitions of s* between data "
+                             f"points are narrower than {str(v.dtype).replace('torch.', '')} "
+                             f"can resolve there (node spacing {spacing:.3g} where the points "
+                             f"reach {float(v.abs().max()):.3g}); raise sigma, lower grid or "
+                             f"rescale the data")
     y = torch.sort(torch.cat(nodes).clamp(float(v[0]), float(v[-1]))).values
     # merge nodes closer than rounding (interval ends that meet at a data point)
-    close = torch.diff(y) <= 1e-12 * float(v[-1] - v[0])
+    close = torch.diff(y) <= tol
     return y[torch.cat([torch.ones(1, dtype=torch.bool, device=y.device), ~close])]
 
 

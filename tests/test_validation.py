@@ -124,6 +124,7 @@ CASES = [
     ("an integer too large for float64", lambda: dsm.optimal_score(X, X, 10 ** 400, 0.3), ValueError, "mu"),
     ("values beyond the computation's dtype", lambda: dsm.optimal_score([1e300], X, 0.9, 0.3), ValueError, "y"),
     ("points beyond a float32 network's range", lambda: NET()(torch.tensor([1e200], dtype=torch.float64)), ValueError, "y"),
+    ("transitions below float64's resolution (weighted_tv)", lambda: dsm.weighted_tv("optimal", torch.tensor([-1e8, 3e7, 1e8], dtype=torch.float64), 0.9, 0.3), ValueError, "sigma"),
     ("data whose sums overflow (tv_weight)", lambda: dsm.tv_weight(X64, torch.tensor([0.0, 1e308], dtype=torch.float64), 0.9, 0.3), ValueError, "data"),
     ("half-precision network", lambda: dsm.TwoLayerScoreNet(4, dtype=torch.float16), TypeError, "dtype"),
     ("half-precision parameters (relu_net_risk)", lambda: dsm.relu_net_risk(NET().half(), X, 0.9, 0.3), TypeError, "dtype"),
@@ -275,6 +276,29 @@ def test_optimal_risk_has_no_cancellation():
     assert torch.allclose(per[1], dsm.dsm_risk("optimal", X64 + 1, 0.8, 0.4), rtol=1e-14)
 
 
+def test_data_far_from_the_origin_keep_their_digits():
+    # the posterior logits mu y.x - mu^2 |x|^2 / 2 cancel for data far from 0 compared with their
+    # spread: such data are shifted by their midrange first (translation covariance)
+    near = torch.tensor([-1.0, 0.5, 1.0], dtype=torch.float64)
+    for shift in (1e3, 1e8):
+        far = near + shift
+        assert dsm.weighted_tv("optimal", far, 0.9, 0.3, grid=201) == pytest.approx(
+            dsm.weighted_tv("optimal", near, 0.9, 0.3, grid=201), rel=1e-6)
+        y = 0.9 * torch.linspace(-1.2, 1.2, 9, dtype=torch.float64)
+        assert torch.allclose(dsm.tv_weight(y + 0.9 * shift, far, 0.9, 0.3),
+                              dsm.tv_weight(y, near, 0.9, 0.3), rtol=1e-6, atol=1e-9)
+        s_far = dsm.optimal_score(y + 0.9 * shift, far, 0.9, 0.3)
+        assert torch.allclose(s_far, dsm.optimal_score(y, near, 0.9, 0.3), rtol=1e-6, atol=1e-6)
+    # float32 data at 1000 +- 1, queried midway (exactly representable): s* is 0, not -90
+    x32 = torch.tensor([999.0, 1001.0])
+    mid = 0.9 * x32.double().mean()
+    ref = dsm.optimal_score(mid.reshape(1), x32.double(), 0.9, 0.1)
+    assert abs(float(dsm.optimal_score(mid.float().reshape(1), x32, 0.9, 0.1)) - float(ref)) < 1.0
+    mean, var = dsm.posterior_moments(torch.tensor([0.9 * 999.5]), x32, 0.9, 0.1)
+    assert float(var) == pytest.approx(float(dsm.posterior_moments(
+        torch.tensor([0.9 * 999.5], dtype=torch.float64), x32.double(), 0.9, 0.1)[1]), rel=1e-3)
+
+
 def test_bounds_at_extreme_noise_levels_are_numbers():
     # sigma^4, A^4 or Delta^3 under- or overflow although the bound is a float64 number (or its
     # true value is beyond float64: then inf or 0.0, never ZeroDivisionError/OverflowError)
@@ -295,7 +319,9 @@ def test_bounds_at_extreme_noise_levels_are_numbers():
 
 
 def test_weighted_tv_and_pi_at_extremes_are_never_nan():
-    assert _finite_or_inf(dsm.weighted_tv("optimal", X64, 0.9, 1e-60, grid=51))
+    assert _finite_or_inf(dsm.weighted_tv("optimal", X64, 0.9, 1e-6, grid=51))
+    with pytest.raises(ValueError, match="sigma"):        # s* jumps within 1e-118: unresolvable
+        dsm.weighted_tv("optimal", X64, 0.9, 1e-60, grid=51)
     assert _finite_or_inf(dsm.tv_weight(torch.tensor([1e300], dtype=torch.float64), X64, 0.9, 0.3))
     net = dsm.TwoLayerScoreNet.from_parameters(torch.tensor([[1e-30], [1.0]]), torch.ones(2),
                                                torch.ones(1, 2))   # a kink at -1e30
