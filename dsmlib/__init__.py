@@ -20,11 +20,15 @@ from .optimal import (optimal_score, optimal_score_derivative, posterior_moments
 from .risk import dsm_risk, excess_risk, noise_nodes
 from .networks import TwoLayerScoreNet, make_generators, active_fraction
 from .training import train_sgd, TrainResult
-from .stability import relu_net_risk, sharpness, stability_threshold
+from .stability import (relu_net_risk, sharpness, stability_threshold, gauss_newton_matrix,
+                        gauss_newton_sharpness, full_batch_gd, perturbation_test)
 from .theory import (min_gap, theorem_lr_threshold, theorem_excess_bound, tv_lower_bound,
-                     tv_lower_bound_condition, optimal_risk_bound, prop2_near_data_bounds,
-                     prop2_midpoint_bounds, prop6_tv_upper_bound, prop7_tv_lower_bound,
-                     prop7_conditions, tv_weight, weighted_tv)
+                     tv_lower_bound_condition, optimal_risk_bound, prop2_midpoint_bound,
+                     prop2_near_data_bound, cor3_derivative_gap, posterior_near_data_lemma,
+                     posterior_midpoint_lemma, prop6_bound_terms, prop6_tv_upper_bound,
+                     prop7_tv_lower_bound, prop7_conditions, sigma2_condition, sigma4_condition,
+                     theorem_checklist)
+from .regularity import tv_weight_pieces, tv_weight, weighted_tv
 from .sampling import reverse_sde_sample, reverse_time_grid, optimal_score_fn
 from .metrics import mmd, nearest_neighbor_distances, memorization_fraction, fitted_gaussian
 from .timenet import TimeScoreNet, train_time_score_net
@@ -45,11 +49,15 @@ __all__ = [
     "naive_optimal_score",
     "dsm_risk", "excess_risk", "noise_nodes",
     "TwoLayerScoreNet", "make_generators", "active_fraction", "train_sgd", "TrainResult",
-    "relu_net_risk", "sharpness", "stability_threshold",
+    "relu_net_risk", "sharpness", "stability_threshold", "gauss_newton_matrix",
+    "gauss_newton_sharpness", "full_batch_gd", "perturbation_test",
     "min_gap", "theorem_lr_threshold", "theorem_excess_bound", "tv_lower_bound",
-    "tv_lower_bound_condition", "optimal_risk_bound", "prop2_near_data_bounds",
-    "prop2_midpoint_bounds", "prop6_tv_upper_bound", "prop7_tv_lower_bound", "prop7_conditions",
-    "tv_weight", "weighted_tv",
+    "tv_lower_bound_condition", "optimal_risk_bound", "prop2_midpoint_bound",
+    "prop2_near_data_bound", "cor3_derivative_gap", "posterior_near_data_lemma",
+    "posterior_midpoint_lemma", "prop6_bound_terms", "prop6_tv_upper_bound",
+    "prop7_tv_lower_bound", "prop7_conditions", "sigma2_condition", "sigma4_condition",
+    "theorem_checklist",
+    "tv_weight_pieces", "tv_weight", "weighted_tv",
     "reverse_sde_sample", "reverse_time_grid", "optimal_score_fn",
     "mmd", "nearest_neighbor_distances", "memorization_fraction", "fitted_gaussian",
     "TimeScoreNet", "train_time_score_net",

@@ -134,3 +134,14 @@ def test_mechanism_in_ten_dimensions():
     assert ex.result_path("mechanism", cfg).name == "mechanism_book_d10.npz"
     assert ex.result_path("mechanism", ex.make_config("mechanism", "paper")).name == \
         "mechanism_paper.npz"
+
+
+def test_diverged_members_stay_frozen_as_in_fig2():
+    """A member that diverges in an early chunk must end frozen, as in Fig. 2's single call."""
+    kw = dict(seeds=(0, 1, 2), lrs=(1.5,), steps=(1024,), width=60)
+    r = ex.mechanism(ex.make_config("mechanism", "book", decay_steps=100, sharpness_iters=0,
+                                    tv_grid=101, checkpoints=3, **kw))
+    f2 = ex.fig2(ex.make_config("fig2", "book", dim=1, sharpness_iters=0, **kw))
+    assert f2["diverged"].any()
+    assert np.array_equal(f2["diverged"], r["diverged"] & f2["diverged"])   # flagged here too
+    np.testing.assert_allclose(r["excess_last"], f2["excess_risk"], rtol=1e-12, atol=0)

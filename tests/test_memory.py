@@ -35,6 +35,7 @@ CASES = {
     "log_mixture_density": ("", "dsm.log_mixture_density(queries, data, 0.95, 0.05)"),
     "naive_optimal_score": ("", "dsm.naive_optimal_score(queries, data, 0.95, 0.5)"),
     "tv_weight": ("", "dsm.tv_weight(queries[:50], data, 0.95, 0.05)"),
+    "tv_weight_pieces": ("", "dsm.tv_weight_pieces(queries, data, 0.95)"),
     "weighted_tv of a net": (
         "net = dsm.TwoLayerScoreNet(30, ensemble=2, generator=dsm.make_generators([1, 2]))",
         "dsm.weighted_tv(net, data, 0.95, 0.05)"),

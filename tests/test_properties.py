@@ -233,6 +233,11 @@ ARGS = {
     "nonfinite": (st.sampled_from(["raise", "keep", "bogus", None, 3]), lambda: "raise"),
     "check": (flags, lambda: True),
     "rng_block": (ints, lambda: None),
+    "u": (points(), lambda: _valid(Y)),
+    "strict": (flags, lambda: False),
+    "full_batch": (flags, lambda: False),
+    "record_every": (ints, lambda: None),
+    "sharpness": (scalars, lambda: 1.0),
     "cuda_graph": (st.sampled_from([None, True, False, "yes", 1]), lambda: None),
     "fused": (st.sampled_from([None, True, False, "yes", 1]), lambda: None),
 }
@@ -251,6 +256,8 @@ SPECIFIC = {
     "dsm_risk": {"num_samples": (ints, lambda: None)},
     "excess_risk": {"num_samples": (ints, lambda: None)},
     "noise_nodes": {"num_nodes": (ints, lambda: 11)},
+    "perturbation_test": {"radius": (scalars, lambda: 0.01), "steps": (ints, lambda: 2)},
+    "full_batch_gd": {"steps": (ints, lambda: 2)},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +319,8 @@ VALID_OVERRIDES = {
     "optimal_score_fn(data)(x, t)": {"x": (points(), lambda: _valid(Y))},
 }
 ALLOW_NAN = {"naive_optimal_score"}    # eq. 6 evaluated literally: NaN by design (chapter 2)
+# result fields that mark a diverged member with NaN on purpose (documented in their classes)
+NAN_MARKERS = {"loss_history", "final_loss", "risk_history", "risk", "risk_perturbed"}
 
 
 CALLABLES = {**_public_callables(), **METHODS}
@@ -344,12 +353,14 @@ def _has_nan(v, depth=0) -> bool:
         return math.isnan(v)
     if isinstance(v, np.ndarray):
         return v.dtype.kind in "fc" and bool(np.isnan(v).any())
+    if hasattr(v, "_fields"):             # NamedTuple results
+        return any(_has_nan(getattr(v, f), depth + 1) for f in v._fields if f not in NAN_MARKERS)
     if isinstance(v, (tuple, list)):
         return any(_has_nan(u, depth + 1) for u in v)
     if dataclasses.is_dataclass(v):
         # loss histories mark a diverged member with NaN on purpose (documented)
         return any(_has_nan(getattr(v, f.name), depth + 1) for f in dataclasses.fields(v)
-                   if f.name not in ("loss_history", "final_loss"))
+                   if f.name not in NAN_MARKERS)
     return False
 
 

@@ -2,7 +2,10 @@
 
 Oracles (float64): adaptive quadrature (scipy.integrate.quad, split at the kinks) of the same
 integral; central finite differences of the function and of its gradient; the eigenvalues of the
-dense ``torch.func.hessian``; members computed one by one.
+dense ``torch.func.hessian``; members computed one by one. The Gauss-Newton matrix: autograd
+Jacobians of the network at Gauss-Legendre nodes on every segment between kinks (a dense float64
+quadrature, exact up to rounding for the piecewise-polynomial integrand) and the exact Hessian,
+which it must equal outside the within-unit entries that hold the second derivatives of ``s``.
 """
 
 import math
@@ -14,7 +17,8 @@ from scipy.integrate import quad
 
 from dsmlib.networks import TwoLayerScoreNet
 from dsmlib.risk import noise_nodes
-from dsmlib.stability import _lanczos, relu_net_risk, sharpness, stability_threshold
+from dsmlib.stability import (_lanczos, full_batch_gd, gauss_newton_matrix, gauss_newton_sharpness,
+                              perturbation_test, relu_net_risk, sharpness, stability_threshold)
 
 F64 = torch.float64
 # torch.func.hessian calls torch.jit.script internally, which warns on this torch version
@@ -393,6 +397,215 @@ def test_stability_threshold():
         stability_threshold(10.0, 0.1)
     with pytest.raises(ValueError, match="width"):
         stability_threshold(0, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Gauss-Newton part of the Hessian
+# ---------------------------------------------------------------------------------------------
+
+def _gn_quadrature(net, x, mu, sigma, nodes=40):
+    """(2/n) sum_i E[J J^T] with J = autograd Jacobian of s_theta(y) in the trained parameters,
+    by Gauss-Legendre quadrature on each segment between kinks over mu x_i +- 14 sigma."""
+    W1, b, W2 = (p.detach() for p in (net.W1, net.b, net.W2))
+    names = ("W2", "b") if net.fixed_inner else ("W1", "b", "W2")
+    base = {"W1": W1, "b": b, "W2": W2}
+    flat = torch.cat([base[k].reshape(-1) for k in names])
+    shapes = [base[k].shape for k in names]
+
+    def s_of(theta, y):
+        parts, i = dict(base), 0
+        for k, shp in zip(names, shapes):
+            size = math.prod(shp)
+            parts[k] = theta[i:i + size].reshape(shp)
+            i += size
+        return (torch.relu(y[:, None] * parts["W1"][:, 0] + parts["b"]) @ parts["W2"][0]) / W1.shape[0]
+
+    z, wz = np.polynomial.legendre.leggauss(nodes)
+    kinks = (-b / W1[:, 0]).tolist()
+    G = torch.zeros(flat.numel(), flat.numel(), dtype=F64)
+    for xi in x.tolist():
+        c = mu * xi
+        lo, hi = c - 14 * sigma, c + 14 * sigma
+        cuts = sorted([lo, hi] + [k for k in kinks if lo < k < hi])
+        for a_, b_ in zip(cuts[:-1], cuts[1:]):
+            y = torch.tensor((b_ - a_) / 2 * z + (b_ + a_) / 2, dtype=F64)
+            wt = torch.tensor(wz * (b_ - a_) / 2, dtype=F64)
+            dens = torch.exp(-(y - c) ** 2 / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma)
+            J = torch.func.jacrev(s_of)(flat, y)                             # (nodes, P)
+            G += (J.T * (wt * dens)) @ J
+    return 2 * G / len(x)
+
+
+@pytest.mark.parametrize("make", [_theory_net, _experiment_net])
+@pytest.mark.parametrize("mu,sigma", [(0.95, 0.31), (0.999, 0.05)])
+def test_gauss_newton_matches_dense_quadrature(make, mu, sigma):
+    x = _data(5)
+    net = make(7, seed=3)
+    G = gauss_newton_matrix(net, x, mu, sigma)
+    ref = _gn_quadrature(net, x, mu, sigma)
+    assert G.shape == ref.shape == ((14, 14) if net.fixed_inner else (21, 21))
+    torch.testing.assert_close(G, ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
+    torch.testing.assert_close(G, G.T, rtol=0, atol=0)
+    assert float(torch.linalg.eigvalsh(G)[0]) >= -1e-12 * float(torch.linalg.eigvalsh(G)[-1])
+
+
+@pytest.mark.parametrize("make", [_theory_net, _experiment_net])
+def test_gauss_newton_equals_hessian_off_the_within_unit_entries(make):
+    """H - G = (2/n) sum_i E[g_i d^2 s / d theta^2]; d^2 s / d theta_p d theta_q is 0 unless p and q
+    belong to the same unit, and for the theory model the (a_l, a_l) entry is 0 as well."""
+    x, mu, sigma = _data(6), 0.9, 0.4
+    m = 6
+    net = make(m, seed=4)
+    _, H = _dense_top_eig(net, x, mu, sigma)
+    G = gauss_newton_matrix(net, x, mu, sigma)
+    blocks = 2 if net.fixed_inner else 3
+    unit = torch.arange(blocks * m) % m
+    same = unit[:, None] == unit[None, :]
+    if net.fixed_inner:                                       # order (a, b): (a_l, a_l) agrees too
+        same[:m, :m] = False
+    scale = float(H.abs().max())
+    assert float((H - G)[~same].abs().max()) <= 1e-12 * scale
+    assert float((H - G)[same].abs().max()) > 1e-6 * scale    # the residual part is really there
+
+
+def test_gauss_newton_ensemble_per_member_data_and_sharpness():
+    x = _data(5)
+    xs = torch.stack([x, x + 0.3, 2 * x])
+    mu, sigma = 0.9, 0.3
+    ens = _theory_net(6, K=3, seed=5)
+    G = gauss_newton_matrix(ens, x, mu, sigma)
+    Gs = gauss_newton_matrix(ens, xs, mu, sigma)
+    lam = gauss_newton_sharpness(ens, xs, mu, sigma)
+    assert G.shape == Gs.shape == (3, 12, 12) and lam.shape == (3,)
+    for k in range(3):
+        one = ens.member(k)
+        torch.testing.assert_close(G[k], gauss_newton_matrix(one, x, mu, sigma), rtol=1e-13, atol=0)
+        torch.testing.assert_close(Gs[k], gauss_newton_matrix(one, xs[k], mu, sigma), rtol=1e-13,
+                                   atol=0)
+        assert float(lam[k]) == pytest.approx(float(torch.linalg.eigvalsh(Gs[k])[-1]), rel=1e-12)
+    assert gauss_newton_sharpness(ens.member(0), x, mu, sigma).shape == ()
+    # wrt restricts the parameters (outer weights only: (m, m) block of the (a, b) matrix)
+    torch.testing.assert_close(gauss_newton_matrix(ens.member(1), x, mu, sigma, wrt=("W2",)),
+                               G[1, :6, :6], rtol=0, atol=0)
+
+
+def test_gauss_newton_special_units():
+    """w = 0 units are constant: active everywhere if b > 0, never otherwise (no NaN)."""
+    W1 = torch.tensor([[0.0], [0.0], [1.5], [-0.7]], dtype=F64)
+    b = torch.tensor([0.8, -0.2, 0.1, 60.0], dtype=F64)
+    W2 = torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=F64)
+    net = TwoLayerScoreNet.from_parameters(W1, b, W2)
+    x, mu, sigma = _data(4), 0.9, 0.3
+    G = gauss_newton_matrix(net, x, mu, sigma)
+    assert bool(torch.isfinite(G).all())
+    torch.testing.assert_close(G, _gn_quadrature(net, x, mu, sigma), rtol=1e-10, atol=1e-12)
+    m = 4
+    dead = [1, m + 1, 2 * m + 1]                              # w, b, a of the dead unit
+    assert float(G[dead].abs().max()) == 0.0
+    # the always-on unit: d s / d a_0 = b_0 / m everywhere, so G[a_0, a_0] = 2 b_0^2 / m^2
+    assert float(G[2 * m, 2 * m]) == pytest.approx(2 * 0.8 ** 2 / m ** 2, rel=1e-12)
+
+
+def test_gauss_newton_validation():
+    x = _data(4)
+    with pytest.raises(NotImplementedError, match="1-D"):
+        gauss_newton_matrix(TwoLayerScoreNet(3, dim=2), x, 0.9, 0.3)
+    with pytest.raises(ValueError, match="sigma"):
+        gauss_newton_matrix(_theory_net(3), x, 0.9, 0.0)
+    with pytest.raises(ValueError, match="data"):
+        gauss_newton_matrix(_theory_net(3, K=2), torch.zeros(3, 4, dtype=F64), 0.9, 0.3)
+    with pytest.raises(ValueError, match="data"):
+        gauss_newton_matrix(_theory_net(3), torch.tensor([0.0, float("nan")]), 0.9, 0.3)
+    with pytest.raises(ValueError, match="wrt"):
+        gauss_newton_matrix(_theory_net(3), x, 0.9, 0.3, wrt=("W3",))
+    with pytest.raises(TypeError, match="net"):
+        gauss_newton_sharpness("net", x, 0.9, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# full-batch gradient descent and the perturbation test
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [_theory_net, _experiment_net])
+def test_full_batch_gd_steps_are_exact_gradient_steps(make):
+    x, mu, sigma = _data(5), 0.9, 0.4
+    net = make(6, K=2, seed=7)
+    lr = torch.tensor([0.05, 0.2], dtype=F64)
+    names = ("W2", "b") if net.fixed_inner else ("W1", "b", "W2")
+    manual = {k: getattr(net, k).detach().clone() for k in ("W1", "b", "W2")}
+    for _ in range(3):                                       # three steps by hand, with autograd
+        leaves = {k: v.clone().requires_grad_(k in names) for k, v in manual.items()}
+        R = relu_net_risk(leaves, x, mu, sigma)
+        grads = torch.autograd.grad(R.sum(), [leaves[k] for k in names])
+        for k, g in zip(names, grads):
+            manual[k] = manual[k] - 6 * lr.view(-1, *([1] * (g.dim() - 1))) * g
+        if net.fixed_inner:
+            manual["W2"] = manual["W2"].clamp(-net.bound, net.bound)
+    res = full_batch_gd(net, x, mu, sigma, lr=lr, steps=3, log_every=1)
+    for k in ("W1", "b", "W2"):
+        torch.testing.assert_close(getattr(net, k).detach(), manual[k], rtol=1e-12, atol=1e-14)
+    assert res.risk_history.shape == (4, 2) and res.log_steps.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(res.risk_history[-1], relu_net_risk(net, x, mu, sigma).detach())
+    # an ensemble member is the single net trained alone
+    one = make(6, K=2, seed=7).member(1)
+    full_batch_gd(one, x, mu, sigma, lr=0.2, steps=3)
+    torch.testing.assert_close(one.b.detach(), net.b.detach()[1], rtol=1e-12, atol=1e-14)
+
+
+def test_full_batch_gd_projection_divergence_and_validation():
+    x, mu, sigma = _data(5), 0.9, 0.3
+    net = _theory_net(8, K=2, seed=8)
+    full_batch_gd(net, x, mu, sigma, lr=torch.tensor([0.01, 50.0], dtype=F64), steps=20)
+    assert float(net.W2.detach().abs().max()) == net.bound           # the clamp was active
+    exp = _experiment_net(8, K=2, seed=8)
+    res = full_batch_gd(exp, x, mu, sigma, lr=torch.tensor([0.01, 1e8], dtype=F64), steps=30)
+    assert bool(res.diverged[1]) and not bool(res.diverged[0])
+    assert all(bool(torch.isfinite(p).all()) for p in (exp.W1, exp.b, exp.W2))
+    assert bool(torch.isnan(res.risk_history[-1, 1])) and bool(torch.isfinite(res.risk_history[:, 0]).all())
+    with pytest.raises(ValueError, match="lr"):
+        full_batch_gd(net, x, mu, sigma, lr=[0.1, 0.1, 0.1], steps=2)
+    with pytest.raises(ValueError, match="lr"):
+        full_batch_gd(net, x, mu, sigma, lr=-0.1, steps=2)
+    with pytest.raises(TypeError, match="net"):
+        full_batch_gd((net.W1, net.b, net.W2), x, mu, sigma, lr=0.1, steps=2)
+    with pytest.raises(NotImplementedError, match="1-D"):
+        full_batch_gd(TwoLayerScoreNet(3, dim=2), x, mu, sigma, lr=0.1, steps=2)
+
+
+def test_perturbation_test_separates_stable_from_unstable_learning_rates():
+    """At a point GD has converged to, a push decays (or stays) below 2/(m lambda_max) and grows
+    geometrically above it; the perturbed and the plain run see the same noise."""
+    x, mu, sigma = _data(6), 0.9, 0.4
+    m = 6
+    start = _theory_net(m, seed=9)
+    net = TwoLayerScoreNet.from_parameters(start.W1, start.b, start.W2, fixed_inner=True, bound=1e3)
+    full_batch_gd(net, x, mu, sigma, lr=0.1, steps=1000)
+    edge = 2 / (m * float(sharpness(net, x, mu, sigma, tol=1e-10, iters=60,
+                                        generator=torch.Generator().manual_seed(0))))
+    ens = TwoLayerScoreNet.from_parameters(*(p.detach().expand(2, *p.shape).clone()
+                                             for p in (net.W1, net.b, net.W2)),
+                                           fixed_inner=True, bound=net.bound)
+    res = perturbation_test(ens, x, mu, sigma, lr=torch.tensor([0.5 * edge, 1.5 * edge], dtype=F64),
+                            steps=200, radius=1e-6, full_batch=True,
+                            generator=torch.Generator().manual_seed(1))
+    assert res.distance.shape == (21, 2) and res.steps[-1] == 200
+    assert float(res.distance[0, 0]) == pytest.approx(1e-6, rel=1e-9)
+    ratio = res.distance[-1] / res.distance[0]
+    assert float(ratio[0]) <= 1.0 and float(ratio[1]) > 1e3
+    # SGD with the same noise for both runs: a push of 1e-12 leaves the two risk paths together
+    sgd = perturbation_test(net, x, mu, sigma, lr=0.01, steps=300, radius=1e-12, batch_size=5,
+                            generator=torch.Generator().manual_seed(2))
+    assert sgd.distance.shape == sgd.risk.shape == (21,)
+    torch.testing.assert_close(sgd.risk_perturbed, sgd.risk, rtol=1e-8, atol=0)
+    assert float((sgd.risk - sgd.risk[0]).abs().max()) > 0          # the plain run does move
+    assert not bool(sgd.diverged) and not bool(res.diverged.any())
+    # a run that blows up is flagged, not reported as "did not move"
+    exp = TwoLayerScoreNet.from_parameters(net.W1, net.b, net.W2)        # the experiment model
+    boom = perturbation_test(exp, x, mu, sigma, lr=1e7, steps=300, radius=1e-3, batch_size=5,
+                             generator=torch.Generator().manual_seed(3))
+    assert bool(boom.diverged) and boom.distance[-1] == math.inf and bool(torch.isnan(boom.risk[-1]))
+    with pytest.raises(ValueError, match="radius"):
+        perturbation_test(net, x, mu, sigma, lr=0.01, steps=10, radius=0.0)
 
 
 def test_relu_net_risk_and_sharpness_with_per_member_data():

@@ -1,11 +1,13 @@
-"""Tests of dsmlib.theory: spacing, thresholds, Prop. 2 bounds, the weight pi and TV_pi.
+"""Tests of dsmlib.theory and dsmlib.regularity: spacing, thresholds, Prop. 2 (the paper's and the
+book's lemmas), Cor. 3, Prop. 6 on networks, the conditions of Thm. 8, the weight pi and TV_pi.
 
 Oracles (float64): brute-force pairwise distances; the definitions of pi_+/pi_- evaluated
 point by point in NumPy and integrated against the Gaussian with scipy.integrate.quad; the
 closed form of pi for two points (a tent blurred by a Gaussian); the posterior moments of
-dsmlib.optimal for the Prop. 2 bounds; autograd of dsmlib.optimal_score_derivative for s*'';
-a net evaluated as a black-box callable on a fine grid for the exact kink sum; dsmlib.dsm_risk
-for Cor. 3.
+dsmlib.optimal (and s*' from eq. 9) for Prop. 2, the lemmas and Cor. 3, on random data;
+autograd of dsmlib.optimal_score_derivative for s*''; a net evaluated as a black-box callable on
+a fine grid for the exact kink sum; dsmlib.dsm_risk for eq. 10; for Prop. 6, the exact
+sharpness (dsm.sharpness), the Gauss-Newton matrix and the exact TV_pi of random networks.
 """
 
 import math
@@ -17,12 +19,16 @@ from scipy.integrate import quad
 
 from dsmlib.networks import TwoLayerScoreNet
 from dsmlib.optimal import optimal_score, optimal_score_derivative, posterior_moments
+from dsmlib.regularity import _optimal_score_second_derivative, tv_weight_pieces
 from dsmlib.risk import dsm_risk
-from dsmlib.theory import (_optimal_score_second_derivative, min_gap, optimal_risk_bound,
-                           prop2_midpoint_bounds, prop2_near_data_bounds, prop6_tv_upper_bound,
-                           prop7_conditions, prop7_tv_lower_bound, theorem_excess_bound,
-                           theorem_lr_threshold, tv_lower_bound, tv_lower_bound_condition,
-                           tv_weight, weighted_tv)
+from dsmlib.stability import gauss_newton_sharpness, relu_net_risk, sharpness
+from dsmlib.theory import (cor3_derivative_gap, min_gap, optimal_risk_bound,
+                           posterior_midpoint_lemma, posterior_near_data_lemma,
+                           prop2_midpoint_bound, prop2_near_data_bound, prop6_bound_terms,
+                           prop6_tv_upper_bound, prop7_conditions, prop7_tv_lower_bound,
+                           sigma2_condition, sigma4_condition, theorem_checklist,
+                           theorem_excess_bound, theorem_lr_threshold, tv_lower_bound,
+                           tv_lower_bound_condition, tv_weight, weighted_tv)
 
 F64 = torch.float64
 
@@ -102,15 +108,104 @@ def test_prop6_and_prop7():
 
 
 # ---------------------------------------------------------------------------------------------
-# Prop. 2 (derived constants) against the exact posterior moments
+# Prop. 2 (the paper's statement), Cor. 3 and the book's lemmas, against the exact posterior
 # ---------------------------------------------------------------------------------------------
 
+def _spread_data(n, seed, scale=1.0):
+    """Random sorted data with a minimum gap not far below its typical one."""
+    g = torch.Generator().manual_seed(seed)
+    gaps = scale * (0.5 + torch.rand(n - 1, generator=g, dtype=F64))
+    return torch.cat([torch.zeros(1, dtype=F64), torch.cumsum(gaps, 0)]) - 0.3 * n * scale
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prop2_midpoint_bound_holds_at_every_noise_level(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(int(torch.randint(2, 12, (1,), generator=g)), generator=g, dtype=F64)
+    xs = torch.sort(x).values
+    for sigma in (0.9, 0.5, 0.2, 0.05):
+        mu = math.sqrt(1 - sigma ** 2)
+        b = prop2_midpoint_bound(x, mu)
+        torch.testing.assert_close(b.midpoints, mu * (xs[1:] + xs[:-1]) / 2)
+        torch.testing.assert_close(b.var_lower, (xs[1:] - xs[:-1]) ** 2 / (2 * x.numel()))
+        _, var = posterior_moments(b.midpoints, x, mu, sigma)
+        slack = 1e-15 / sigma ** 2                          # rounding of logits ~ 1 / sigma^2
+        assert bool((var >= b.var_lower * (1 - 1e-12) - slack).all())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prop2_near_data_bound_holds_where_it_applies(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    x = _spread_data(int(torch.randint(2, 12, (1,), generator=g)), seed)
+    delta = min_gap(x)
+    for ratio in (2.01, 3.0, 5.0, 10.0):                    # mu Delta / sigma
+        sigma = delta / math.sqrt(ratio ** 2 + delta ** 2)  # so that mu Delta / sigma = ratio
+        mu = math.sqrt(1 - sigma ** 2)
+        b = prop2_near_data_bound(x, mu, sigma)
+        assert b.applies and b.radius == pytest.approx(mu * delta / 4)
+        offsets = b.radius * (2 * torch.rand(31, generator=g, dtype=F64) - 1)
+        offsets = torch.cat([offsets, torch.tensor([-b.radius, 0.0, b.radius], dtype=F64)])
+        y = (mu * x[:, None] + offsets[None, :]).reshape(-1)
+        mean, var = posterior_moments(y, x, mu, sigma)
+        err = (mean.reshape(x.numel(), -1) - x[:, None]).abs().max()
+        assert float(err) <= b.mean_error * (1 + 1e-9) + 1e-15
+        assert float(var.max()) <= b.var_upper * (1 + 1e-9) + 1e-15
+        # the lemma of the book is sharper wherever Prop. 2 applies, and holds too
+        lemma = posterior_near_data_lemma(x, mu, sigma)
+        assert lemma.mean_error <= b.mean_error and lemma.var_upper <= b.var_upper
+        assert float(err) <= lemma.mean_error * (1 + 1e-9) + 1e-15
+        assert float(var.max()) <= lemma.var_upper * (1 + 1e-9) + 1e-15
+
+
+def test_prop2_near_data_hypothesis_is_reported_and_matters():
+    """Two close points and a far one at a large noise level: Delta < 2 sigma / mu, and the
+    'bound' n Delta e is then violated by the real posterior mean."""
+    x = torch.tensor([0.0, 0.1, 3.0], dtype=F64)
+    sigma = 0.8
+    mu = math.sqrt(1 - sigma ** 2)
+    b = prop2_near_data_bound(x, mu, sigma)
+    assert not b.applies
+    mean, _ = posterior_moments(mu * x, x, mu, sigma)
+    assert float((mean - x).abs().max()) > b.mean_error
+    with pytest.raises(ValueError, match="Delta >= 2 sigma / mu"):
+        prop2_near_data_bound(x, mu, sigma, strict=True)
+    with pytest.raises(ValueError, match="Delta >= 2 sigma / mu"):
+        cor3_derivative_gap(x, mu, sigma, strict=True)
+    assert not cor3_derivative_gap(x, mu, sigma).applies
+    # coincident points: Delta = 0 never satisfies the hypothesis
+    assert not prop2_near_data_bound([0.0, 0.0, 1.0], mu, 0.01).applies
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cor3_holds_near_the_noisy_points(seed):
+    x = _spread_data(int(torch.randint(2, 12, (1,), generator=torch.Generator().manual_seed(seed))),
+                     50 + seed)
+    delta = min_gap(x)
+    g = torch.Generator().manual_seed(seed)
+    for ratio in (2.01, 4.0, 8.0):
+        sigma = delta / math.sqrt(ratio ** 2 + delta ** 2)
+        mu = math.sqrt(1 - sigma ** 2)
+        c = cor3_derivative_gap(x, mu, sigma)
+        assert c.applies and c.lower.shape == (x.numel() - 1,)
+        d_mid = optimal_score_derivative(c.midpoints, x, mu, sigma)
+        off = c.radius * (2 * torch.rand(9, generator=g, dtype=F64) - 1)
+        for end in (0, 1):                                   # near mu x_i and near mu x_{i+1}
+            y = (mu * x[end:x.numel() - 1 + end, None] + off[None, :])       # (n - 1, 9)
+            d_y = optimal_score_derivative(y.reshape(-1), x, mu, sigma).reshape(y.shape)
+            gap = (d_y - d_mid[:, None]).abs().min(1).values
+            assert bool((gap >= c.lower * (1 - 1e-9) - 1e-9 / sigma ** 4).all())
+        # the chain: Cor. 3 = (mu^2 / sigma^4) (Prop. 2 midpoint - Prop. 2 near data)
+        want = mu ** 2 / sigma ** 4 * (prop2_midpoint_bound(x, mu).var_lower
+                                       - prop2_near_data_bound(x, mu, sigma).var_upper)
+        torch.testing.assert_close(c.lower, want, rtol=1e-14, atol=0)
+
+
 @pytest.mark.parametrize("sigma", [0.3, 0.1, 0.03, 0.01])
-def test_prop2_near_data_bounds_hold(sigma):
+def test_near_data_lemma_holds(sigma):
     x = _data(7, seed=3)
     mu = math.sqrt(1 - sigma ** 2)
     for radius in (None, 0.0, 0.45 * mu * min_gap(x)):
-        bounds = prop2_near_data_bounds(x, mu, sigma, radius=radius)
+        bounds = posterior_near_data_lemma(x, mu, sigma, radius=radius)
         offsets = torch.linspace(-bounds.radius, bounds.radius, 41, dtype=F64)
         for xi in x:
             y = mu * xi + offsets
@@ -120,10 +215,10 @@ def test_prop2_near_data_bounds_hold(sigma):
 
 
 @pytest.mark.parametrize("sigma", [0.3, 0.1, 0.03, 0.01])
-def test_prop2_midpoint_bounds_hold_and_are_tight_for_small_noise(sigma):
+def test_midpoint_lemma_holds_is_sharper_than_prop2_and_tight_for_small_noise(sigma):
     x = _data(7, seed=3)
     mu = math.sqrt(1 - sigma ** 2)
-    b = prop2_midpoint_bounds(x, mu, sigma)
+    b = posterior_midpoint_lemma(x, mu, sigma)
     xs = torch.sort(x).values
     mean, var = posterior_moments(b.midpoints, x, mu, sigma)
     assert b.midpoints.shape == (6,)
@@ -133,15 +228,104 @@ def test_prop2_midpoint_bounds_hold_and_are_tight_for_small_noise(sigma):
     assert bool((var >= b.var_lower * (1 - 1e-12) - slack).all())
     assert bool((var <= b.var_upper * (1 + 1e-12) + slack).all())
     assert bool(((mean - (xs[1:] + xs[:-1]) / 2).abs() <= b.mean_error * (1 + 1e-12) + slack).all())
+    assert bool((b.var_lower >= prop2_midpoint_bound(x, mu).var_lower).all())
     if sigma <= 0.01:   # the other points' weight is negligible: Var = g^2 / 4
         torch.testing.assert_close(var, (xs[1:] - xs[:-1]) ** 2 / 4, rtol=1e-6, atol=0)
+        torch.testing.assert_close(b.var_lower, var, rtol=1e-6, atol=0)
 
 
-def test_prop2_validation():
+def test_lemma_validation():
     with pytest.raises(ValueError, match="radius"):
-        prop2_near_data_bounds([0.0, 1.0], 1.0, 0.1, radius=0.5)
+        posterior_near_data_lemma([0.0, 1.0], 1.0, 0.1, radius=0.5)
     with pytest.raises(ValueError, match="Delta"):
-        prop2_near_data_bounds([0.0, 1.0, 1.0], 1.0, 0.1)
+        posterior_near_data_lemma([0.0, 1.0, 1.0], 1.0, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prop. 6 for every theta, on networks; the conditions of Thm. 8's proof
+# ---------------------------------------------------------------------------------------------
+
+def test_prop6_bound_terms_formula_and_stable_version():
+    x = _data(5)
+    n, m = 5, 40
+    lam, R, mu, sigma, A = 0.03, 0.02, 0.9, 0.3, 2.0
+    t = prop6_bound_terms(lam, m, R, x, mu, sigma, A)
+    assert t.curvature == pytest.approx(lam * m / 4)
+    assert t.risk_root == pytest.approx(math.sqrt(R) / 2)
+    assert t.risk_A == pytest.approx(A / (math.sqrt(2 * math.pi) * sigma) * max(
+        math.sqrt(2 * n * R), (math.sqrt(2 * math.pi * math.e) * A * sigma * n * R) ** (1 / 3)))
+    assert t.total == pytest.approx(t.curvature + t.risk_root + t.risk_A)
+    # at the edge of stability lambda_max = 2 / (m eta): the stable version
+    eta = 2 / (m * lam)
+    assert prop6_tv_upper_bound(eta, R, x, mu, sigma, A) == pytest.approx(t.total, rel=1e-14)
+    tt = prop6_bound_terms(torch.tensor([lam, -lam], dtype=F64), m, torch.tensor([R, 0.0], dtype=F64),
+                           x, mu, sigma, A)
+    assert tt.total.shape == (2,) and float(tt.curvature[1]) == pytest.approx(-lam * m / 4)
+    with pytest.raises(ValueError, match="risk"):
+        prop6_bound_terms(lam, m, -1.0, x, mu, sigma, A)
+    with pytest.raises(ValueError, match="width"):
+        prop6_bound_terms(lam, 0, R, x, mu, sigma, A)
+    with pytest.raises(ValueError, match="sharpness"):
+        prop6_bound_terms(float("nan"), m, R, x, mu, sigma, A)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_prop6_holds_on_random_theory_networks(seed):
+    """Prop. 6 for every theta (exact sharpness, exact risk, exact TV_pi), and the core inequality
+    TV_pi(s_theta) <= lambda_max(Gauss-Newton) m / 4 of its proof, on random networks of the
+    theory model with kinks inside the data and outer weights up to A."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(2, 12, (1,), generator=g))
+    m = int(torch.randint(2, 30, (1,), generator=g))
+    x = torch.randn(n, generator=g, dtype=F64) * (0.3 + 2 * float(torch.rand(1, generator=g)))
+    sigma = 0.03 + 0.8 * float(torch.rand(1, generator=g))
+    mu = math.sqrt(1 - sigma ** 2)
+    A = 10 ** (2.5 * float(torch.rand(1, generator=g)))
+    net = TwoLayerScoreNet(m, ensemble=4, fixed_inner=True, bound=A, dtype=F64, generator=g)
+    with torch.no_grad():
+        net.W2.copy_(A * (2 * torch.rand(net.W2.shape, generator=g, dtype=F64) - 1))
+        kinks = float(mu * x.min()) + float(mu * (x.max() - x.min())) * torch.rand(
+            net.b.shape, generator=g, dtype=F64)
+        net.b.copy_(-net.W1[..., 0] * kinks)
+    tv = weighted_tv(net, x, mu, sigma)
+    assert bool((tv > 0).all())
+    lam_gn = gauss_newton_sharpness(net, x, mu, sigma)
+    assert bool((tv <= lam_gn * m / 4).all())
+    lam = sharpness(net, x, mu, sigma, tol=1e-8, iters=200, generator=g)
+    risk = relu_net_risk(net, x, mu, sigma).detach()
+    bound = prop6_bound_terms(lam, m, risk, x, mu, sigma, A).total
+    assert bool((tv <= bound).all())
+
+
+def test_sigma_conditions_and_checklist_of_the_theorem_regime():
+    """n = 10 equispaced points, Delta = 1, sigma = 0.05 (chapter 7b), against hand computation."""
+    x = torch.arange(10, dtype=F64) - 4.5
+    sigma = 0.05
+    mu = math.sqrt(1 - sigma ** 2)
+    lhs, rhs, holds = sigma2_condition(x, mu, sigma, 400.0)
+    assert lhs == pytest.approx(math.exp(-mu ** 2 / (32 * sigma ** 2)))
+    assert rhs == pytest.approx(math.pi * 1e5 * mu / (2 ** 38 * math.exp(0.5) * 81 * 400.0 ** 4))
+    assert holds is False
+    assert sigma2_condition(x, math.sqrt(1 - 0.02 ** 2), 0.02, 400.0)[2] is True
+    lhs, rhs, holds = sigma4_condition(x, mu, sigma, 2.5)
+    assert (lhs, rhs, holds) == (pytest.approx(math.sqrt(2.5) / 2),
+                                 pytest.approx(mu * 100 / (2 ** 13 * sigma ** 2)), True)
+    rows = theorem_checklist(x, mu, sigma, 400.0, lr=0.2, risk=2.0)
+    got = {r["condition"].split(":")[0]: r for r in rows}
+    assert len(rows) == 9 and all(set(r) == {"condition", "lhs", "rhs", "holds", "used by"}
+                                  for r in rows)
+    assert got["sigma <= sigma_1 = mu Delta/8"]["rhs"] == pytest.approx(mu / 8)
+    assert got["16 n^3 exp(-mu^2 Delta^2/(4 sigma^2)) <= 1"]["lhs"] == pytest.approx(
+        16e3 * math.exp(-mu ** 2 / (4 * sigma ** 2)))
+    assert got["eta > 2^12 sigma^2/(mu n^2 Delta)"]["rhs"] == pytest.approx(0.1025, abs=1e-4)
+    assert got["R_n(theta) <= 1/(16 n sigma^2)"]["rhs"] == pytest.approx(2.5)
+    assert [r["holds"] for r in rows] == [True, True, True, True, False, True, True, True, True]
+    assert len(theorem_checklist(x, mu, sigma, 400.0)) == 6
+    assert prop7_tv_lower_bound(x, mu, sigma) == pytest.approx(19.5, abs=0.01)
+    with pytest.raises(ValueError, match="lr"):
+        theorem_checklist(x, mu, sigma, 400.0, lr=0.0)
+    with pytest.raises(ValueError, match="risk"):
+        sigma4_condition(x, mu, sigma, -1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +364,32 @@ def test_tv_weight_matches_its_definition(sigma):
     got = tv_weight(y, x, mu, sigma)
     want = torch.tensor([_pi_oracle(float(t), x.numpy(), mu, sigma) for t in y], dtype=F64)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-13)
+
+
+def test_tv_weight_pieces_match_their_definition():
+    x = torch.cat([_data(6, seed=4), torch.tensor([0.25, 0.25], dtype=F64)])   # with a duplicate
+    mu = 0.9
+    v = np.sort(mu * x.numpy())
+    u = torch.cat([torch.linspace(float(v.min()) - 0.3, float(v.max()) + 0.3, 37, dtype=F64),
+                   mu * x])
+    got_minus, got_plus = tv_weight_pieces(u, x, mu)
+    for k, t in enumerate(u.tolist()):
+        below, above = v[v < t], v[v > t]
+        want_minus = (below.size / v.size) ** 2 * (t - below).mean() if below.size else 0.0
+        want_plus = (above.size / v.size) ** 2 * (above - t).mean() if above.size else 0.0
+        assert float(got_minus[k]) == pytest.approx(want_minus, rel=1e-12, abs=1e-15)
+        assert float(got_plus[k]) == pytest.approx(want_plus, rel=1e-12, abs=1e-15)
+    # pi is the Gaussian smoothing of their minimum: at a tiny sigma, the minimum itself (away
+    # from the data points, where pi_- and pi_+ jump)
+    inside = (u > float(v.min())) & (u < float(v.max()))
+    inside[37:] = False
+    torch.testing.assert_close(tv_weight(u[inside], x, mu, 1e-7),
+                               torch.minimum(got_minus, got_plus)[inside], rtol=1e-5, atol=1e-7)
+    assert tv_weight_pieces(torch.zeros(2, 3, dtype=F64), x, mu)[0].shape == (2, 3)
+    with pytest.raises(ValueError, match="mu"):
+        tv_weight_pieces(u, x, 0.0)
+    with pytest.raises(ValueError, match="u"):
+        tv_weight_pieces(torch.tensor([float("nan")]), x, mu)
 
 
 def test_tv_weight_two_points_is_a_blurred_tent():
@@ -314,9 +524,15 @@ _ONE_D = [
     lambda d, mu, s: tv_lower_bound(d, mu, s),
     lambda d, mu, s: tv_lower_bound_condition(d, mu, s),
     lambda d, mu, s: optimal_risk_bound(d, mu, s),
-    lambda d, mu, s: prop2_near_data_bounds(d, mu, s),
-    lambda d, mu, s: prop2_midpoint_bounds(d, mu, s),
+    lambda d, mu, s: posterior_near_data_lemma(d, mu, s),
+    lambda d, mu, s: posterior_midpoint_lemma(d, mu, s),
+    lambda d, mu, s: prop2_near_data_bound(d, mu, s),
+    lambda d, mu, s: cor3_derivative_gap(d, mu, s),
     lambda d, mu, s: prop6_tv_upper_bound(0.1, 0.1, d, mu, s, 1.0),
+    lambda d, mu, s: prop6_bound_terms(0.1, 10, 0.1, d, mu, s, 1.0),
+    lambda d, mu, s: sigma2_condition(d, mu, s, 1.0),
+    lambda d, mu, s: sigma4_condition(d, mu, s, 1.0),
+    lambda d, mu, s: theorem_checklist(d, mu, s, 1.0),
     lambda d, mu, s: prop7_tv_lower_bound(d, mu, s),
     lambda d, mu, s: prop7_conditions(d, mu, s, 0.1),
     lambda d, mu, s: tv_weight(torch.zeros(3), d, mu, s),
@@ -346,6 +562,10 @@ def test_common_validation(fn):
 
 def test_specific_argument_validation():
     x = torch.tensor([0.0, 1.0, 2.5])
+    with pytest.raises(ValueError, match="mu"):
+        prop2_midpoint_bound(x, 0.0)
+    with pytest.raises(ValueError, match="data"):
+        prop2_midpoint_bound([1.0], 0.9)
     with pytest.raises(ValueError, match="A"):
         theorem_excess_bound(x, 0.9, 0.3, 0.0)
     with pytest.raises(ValueError, match="A"):

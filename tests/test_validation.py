@@ -312,7 +312,16 @@ def test_bounds_at_extreme_noise_levels_are_numbers():
     assert dsm.theorem_lr_threshold(X, 1.5e-154, 1.5e-154) == pytest.approx(
         2 ** 12 * 1.5e-154 / (9 * 1.0), rel=1e-12)
     assert dsm.prop7_conditions(X, 0.9, 1e-150, 0.0) == (True, True)
-    assert _finite_or_inf(dsm.prop2_near_data_bounds(X, 0.9, 1e-150).var_upper)
+    assert _finite_or_inf(dsm.posterior_near_data_lemma(X64, 0.9, 1e-150).var_upper)
+    assert dsm.prop2_near_data_bound(torch.tensor([0.0, 1e200], dtype=torch.float64), 0.9, 0.3).var_upper == 0.0
+    assert _finite_or_inf(dsm.cor3_derivative_gap(X, 0.9, 1e-100).lower)
+    assert dsm.sigma2_condition(X, 0.9, 0.3, 1e-100)[1] == math.inf
+    assert dsm.sigma2_condition(X, 0.9, 0.3, 1e100)[1] == 0.0
+    big = torch.tensor([-1e200, 0.0, 1e200], dtype=torch.float64)
+    assert _finite_or_inf(dsm.posterior_midpoint_lemma(big, 0.9, 0.3).var_upper)
+    assert _finite_or_inf(dsm.posterior_near_data_lemma(big, 0.9, 0.3).var_upper)
+    with pytest.raises(ValueError, match="sharpness"):
+        dsm.prop6_bound_terms(torch.ones(2), 10, torch.ones(3), X, 0.9, 0.3, 1.0)
     assert _finite_or_inf(dsm.prop6_tv_upper_bound(1e-300, 0.0, X, 0.9, 1e-150, 1e300))
     # ordinary values are exactly the formulas'
     assert dsm.tv_lower_bound(X, 0.9, 0.3) == 0.9 ** 3 * 3 * 1.0 ** 3 / (2.0 ** 12 * 0.3 ** 4)

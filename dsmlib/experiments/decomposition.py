@@ -241,6 +241,36 @@ def _clone_gens(gens):
     return out
 
 
+class _Freezer:
+    """Keeps diverged members frozen across successive train_sgd calls.
+
+    train_sgd freezes a member that diverges until the end of *that* call; a later call would train
+    it again from its frozen parameters. ``update(net, diverged)`` after each call puts the members
+    frozen earlier back to their frozen parameters and records the newly diverged ones, so that
+    chunked training ends where one long call would (the Fig. 2 networks, diverged ones included).
+    """
+
+    def __init__(self, net, mask=None):
+        self.mask = np.zeros(net.ensemble, dtype=bool) if mask is None else mask.copy()
+        self.params = [p.detach().clone() for p in (net.W1, net.b, net.W2)]
+
+    def restore(self, net):
+        if self.mask.any():
+            idx = torch.as_tensor(np.flatnonzero(self.mask))
+            with torch.no_grad():
+                for p, q in zip((net.W1, net.b, net.W2), self.params):
+                    p[idx] = q[idx].to(p)
+
+    def update(self, net, diverged):
+        self.restore(net)
+        new = np.asarray(diverged, dtype=bool) & ~self.mask
+        if new.any():
+            idx = torch.as_tensor(np.flatnonzero(new))
+            for p, q in zip((net.W1, net.b, net.W2), self.params):
+                q[idx] = p.detach()[idx]
+        self.mask |= new
+
+
 def _group(cfg, li, members, progress):
     """Train, branch and measure the ensemble of learning rate ``lrs[li]`` (all (t, s) members)."""
     t_idx, s_idx, mus, sigmas, data = members
@@ -271,6 +301,7 @@ def _group(cfg, li, members, progress):
         record(c, net)
     # the main run, in chunks of whole blocks; the last chunk carries the Polyak average
     net, gens = _new_net(cfg, s_idx), _train_gens(cfg, t_idx, s_idx)
+    frozen = _Freezer(net)
     done, res = 0, None
     for c in range(C):
         k = int(checks[c])
@@ -279,27 +310,34 @@ def _group(cfg, li, members, progress):
         last = c == C - 1
         res = _continue(net, x32, mu_k, sigma_k, lr, k - done, gens, cfg,
                         average_last=(k - done) if last else None)
+        frozen.update(net, res.diverged.numpy())
         done = k
         if not last:
             record(c, net)
-    diverged = res.diverged.numpy()
+    diverged = frozen.mask.copy()
+    frozen.restore(res.averaged)
     final = evaluate(net, with_sharpness=True, seed_keys=(li, _EVAL, C))
     for key in traj:
         traj[key][C - 1] = final[key]
     averaged = evaluate(res.averaged, with_sharpness=False, seed_keys=(li, _EVAL, C + 1))
-    # branches from the last iterate, with common random numbers: decay vs the same steps at eta
+    # branches from the last iterate, with common random numbers: decay vs the same time at eta
     state = _clone_gens(gens)
     decayed = _clone(net)
+    frozen_decay = _Freezer(decayed, diverged)
     for f in cfg.decay:
         d = _continue(decayed, x32, mu_k, sigma_k, lr / f, cfg.decay_steps, gens, cfg)
-        diverged = diverged | d.diverged.numpy()
+        frozen_decay.update(decayed, d.diverged.numpy())
+    diverged = frozen_decay.mask.copy()
     control = _clone(net)
+    frozen_control = _Freezer(control, frozen.mask)
     ctrl = _continue(control, x32, mu_k, sigma_k, lr, control_steps(cfg), state, cfg)
+    frozen_control.update(control, ctrl.diverged.numpy())
     after = evaluate(decayed, with_sharpness=True, seed_keys=(li, _EVAL, C + 2))
     cont = evaluate(control, with_sharpness=False, seed_keys=(li, _EVAL, C + 3))
     seconds = time.perf_counter() - t0
     return {"final": final, "averaged": averaged, "decayed": after, "continued": cont,
-            "diverged": diverged, "control_diverged": ctrl.diverged.numpy(), "traj": traj,
+            "diverged": diverged, "control_diverged": frozen_control.mask & ~frozen.mask,
+            "traj": traj,
             "checks": checks, "seconds": seconds}
 
 
