@@ -1,4 +1,4 @@
-r"""The precomputed grid behind the playground of chapter 10 ("Playground").
+r"""The precomputed grid behind the book's playground chapter ("Playground").
 
 For each cell ``(t, n, width, data seed)`` of a small grid, one ensemble of two-layer nets is
 trained by :func:`dsmlib.train_sgd` at the single noise level ``(mu, sigma) = (e^{-t},
@@ -20,13 +20,24 @@ What it can do at that level, and what the playground shows:
   spread between them;
 * the numbers: excess risk ``R_n(s_theta) - R_n(s*)``, sharpness ``lambda_max`` next to the
   stability bound ``2 / (m eta)`` (eq. 8), the threshold ``2^12 sigma^2 / (mu n^2 Delta)`` of
-  Thm. 8, and the memorization fraction of the denoised samples (Gu et al. 2023).
+  Thm. 8, the memorization fraction of the denoised samples (Gu et al. 2023), and the fraction
+  of hidden units active on the data range ``[mu x_(1), mu x_(n)]`` (0: a collapsed network,
+  whose score is 0 on the data).
 
 Only what is needed to redraw is stored (curves on the plot grid, histograms, numbers), in
 ``dsmlib/data/playground_grid.npz``, written atomically with :func:`dsmlib.save_results`.
 Regenerate it with (about 4 minutes of CPU time on one thread; 324 networks in 54 ensembles)::
 
     python -m dsmlib.playground --regenerate
+
+Reproducibility: on one machine the file regenerates bit for bit (every seed is explicit and the
+trainer is deterministic at any thread count). Across machines it need not: the CPU kernels that
+PyTorch dispatches (``torch.backends.cpu.get_cpu_capability()``: scalar code, or AVX2/AVX-512
+with fused multiply-adds) round differently in the last bit, and float32 SGD over tens of
+thousands of steps amplifies such a difference until the long runs (small learning rates) end
+at visibly different networks. The file therefore records the capability and the library
+versions it was made with (``meta["extra"]``), and ``tests/test_widgets.py`` regenerates one
+cell and compares it, bit for bit, with the file whenever the capability is the same.
 
 Settings off the grid are trained on demand by :func:`train_view` (the playground's "Train this
 setting" button); on a grid setting it reproduces the stored cell.
@@ -48,7 +59,7 @@ import torch
 from . import _checks
 from .io import check_writable, config_to_dict, load_results, save_results
 from .metrics import memorization_fraction
-from .networks import TwoLayerScoreNet, make_generators
+from .networks import TwoLayerScoreNet, active_fraction, make_generators
 from .optimal import optimal_score
 from .risk import excess_risk
 from .schedule import ou_mu, ou_sigma
@@ -57,7 +68,8 @@ from .theory import theorem_lr_threshold
 from .training import train_sgd
 
 __all__ = ["PlaygroundConfig", "PlaygroundGrid", "View", "load_grid", "compute_grid",
-           "train_view", "training_data", "grid_path", "steps_for"]
+           "compute_cell", "environment", "train_view", "training_data", "grid_path",
+           "steps_for"]
 
 GRID_FILE = "playground_grid.npz"
 _BLOCK = 256      # train_sgd draws its random numbers in blocks of 256 steps
@@ -75,7 +87,8 @@ class PlaygroundConfig:
     step ``h = langevin_step * sigma^2``, total time ``h * steps = langevin_time``, score read on a
     grid of ``langevin_points`` points on ``[-langevin_lim, langevin_lim]``). hist_bins: bins of
     the histograms on ``[-plot_lim, plot_lim]``. excess_nodes: quadrature nodes of the excess risk.
-    sharpness_iters, sharpness_tol: Lanczos settings. format: bumped when the file layout changes.
+    sharpness_iters, sharpness_tol: Lanczos settings. format: bumped when the file layout changes
+    (2: the active-unit fraction ``active`` was added).
     """
 
     times: tuple = (0.02, 0.05, 0.2)
@@ -97,7 +110,7 @@ class PlaygroundConfig:
     excess_nodes: int = 401
     sharpness_iters: int = 60
     sharpness_tol: float = 1e-3
-    format: int = 1
+    format: int = 2
 
     def __post_init__(self):
         for name in ("times", "ns", "widths", "lrs", "seeds"):
@@ -138,8 +151,9 @@ class View:
     hist_edges: (B+1,). noisy, noisy_opt: (B,) densities of the Langevin samples of p_t with the
     learned score and with s*. denoised, denoised_opt: (B,) densities of the denoised samples.
     excess: excess risk; sharp: sharpness lambda_max; stab: 2/(m eta); theorem_lr: Thm. 8's
-    threshold; memo, memo_opt: memorization fractions (learned, s*). diverged: SGD diverged (the
-    learned quantities are then NaN). source: "grid" or "trained now (<seconds> s)".
+    threshold; memo, memo_opt: memorization fractions (learned, s*); active: fraction of hidden
+    units active on the data range (0: collapsed). diverged: SGD diverged (the learned quantities
+    are then NaN). source: "grid" or "trained now (<seconds> s)".
     noisy_top, denoised_top: largest histogram density over s* and every learning rate of the
     grid cell (a common vertical scale while the learning rate moves).
     """
@@ -167,6 +181,7 @@ class View:
     theorem_lr: float
     memo: float
     memo_opt: float
+    active: float
     diverged: bool
     source: str = "grid"
     noisy_top: float = math.nan
@@ -311,6 +326,7 @@ def _summarize(net, diverged, data, t, lrs, seed, config):
     ex = excess_risk(net, data, mu, sigma, num_nodes=config.excess_nodes).to(torch.float64)
     sh = sharpness(net, data, mu, sigma, iters=config.sharpness_iters, tol=config.sharpness_tol,
                    generator=torch.Generator().manual_seed(lseed)).to(torch.float64)
+    active = active_fraction(net, data, mu).numpy()
     score = score.numpy()
     score[dead] = np.nan
     noisy[skip] = np.nan
@@ -318,15 +334,42 @@ def _summarize(net, diverged, data, t, lrs, seed, config):
     ex, sh = ex.numpy(), sh.numpy()
     ex[dead] = np.nan
     sh[dead] = np.nan
+    active[dead] = np.nan
     return dict(score=score, optimal=opt.numpy(), noisy=noisy[:K], noisy_opt=noisy[K],
                 denoised=denoised[:K], denoised_opt=denoised[K], memo=memo[:K], memo_opt=memo[K],
-                excess=ex, sharp=sh, diverged=dead)
+                excess=ex, sharp=sh, active=active, diverged=dead)
 
 
 # --------------------------------------------------------------------------------- the grid
 
-_NET_KEYS = ("score", "noisy", "denoised", "memo", "excess", "sharp", "diverged")
+_NET_KEYS = ("score", "noisy", "denoised", "memo", "excess", "sharp", "active", "diverged")
 _OPT_KEYS = ("optimal", "noisy_opt", "denoised_opt", "memo_opt")
+
+
+def compute_cell(config: PlaygroundConfig = PlaygroundConfig(), *, t, n, width, seed) -> dict:
+    """Train and summarize one cell ``(t, n, width, seed)`` of the grid (all learning rates).
+
+    Returns the arrays that :func:`compute_grid` stores for that cell: ``score`` (L, G);
+    ``noisy``, ``denoised`` (L, B); ``memo``, ``excess``, ``sharp``, ``active``, ``diverged``
+    (L,); ``optimal`` (G,); ``noisy_opt``, ``denoised_opt`` (B,); ``memo_opt``, ``theorem_lr``
+    (scalars); ``data`` (n,); ``seconds`` (the time it took; not stored in the grid). The
+    values need not lie on ``config``'s axes.
+    """
+    if not isinstance(config, PlaygroundConfig):
+        raise TypeError(f"config must be a PlaygroundConfig, got {type(config).__name__}")
+    t = _checks.positive(t, "t")
+    n = _checks.integer(n, "n", 2)
+    width = _checks.integer(width, "width", 1)
+    seed = _checks.integer(seed, "seed", 0)
+    t0 = time.perf_counter()
+    mu, sigma = float(ou_mu(t)), float(ou_sigma(t))
+    data = training_data(n, seed)
+    net, div, _ = _train_ensemble(data, t, width, config.lrs, seed, config)
+    out = _summarize(net, div, data, t, config.lrs, seed, config)
+    out["theorem_lr"] = theorem_lr_threshold(data.to(torch.float64), mu, sigma)
+    out["data"] = data.numpy()
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 def compute_grid(config: PlaygroundConfig = PlaygroundConfig(), *, verbose=False) -> dict:
@@ -334,9 +377,11 @@ def compute_grid(config: PlaygroundConfig = PlaygroundConfig(), *, verbose=False
 
     Shapes, with (T, N, W, S, L) the numbers of times, sizes n, widths, seeds and learning rates,
     G plot points and B histogram bins: score (T, N, W, S, L, G); noisy, denoised
-    (T, N, W, S, L, B); memo, excess, sharp, diverged (T, N, W, S, L); optimal (T, N, S, G);
-    noisy_opt, denoised_opt (T, N, S, B); memo_opt, theorem_lr (T, N, S); data (N, S, max n)
-    NaN-padded; steps (L,); seconds (T, N, W, S) of training + summarizing.
+    (T, N, W, S, L, B); memo, excess, sharp, active, diverged (T, N, W, S, L); optimal
+    (T, N, S, G); noisy_opt, denoised_opt (T, N, S, B); memo_opt, theorem_lr (T, N, S); data
+    (N, S, max n) NaN-padded; steps (L,). No timings: the arrays depend only on the code, the
+    configuration and the machine's floating-point kernels (see the module docstring), so a
+    regeneration reproduces them bit for bit. verbose: print one line per cell as it goes.
     """
     if not isinstance(config, PlaygroundConfig):
         raise TypeError(f"config must be a PlaygroundConfig, got {type(config).__name__}")
@@ -348,39 +393,43 @@ def compute_grid(config: PlaygroundConfig = PlaygroundConfig(), *, verbose=False
         noisy=np.full((T, N, W, S, L, B), np.nan, np.float32),
         denoised=np.full((T, N, W, S, L, B), np.nan, np.float32),
         memo=np.full((T, N, W, S, L), np.nan), excess=np.full((T, N, W, S, L), np.nan),
-        sharp=np.full((T, N, W, S, L), np.nan), diverged=np.zeros((T, N, W, S, L), bool),
+        sharp=np.full((T, N, W, S, L), np.nan), active=np.full((T, N, W, S, L), np.nan),
+        diverged=np.zeros((T, N, W, S, L), bool),
         optimal=np.full((T, N, S, G), np.nan, np.float32),
         noisy_opt=np.full((T, N, S, B), np.nan, np.float32),
         denoised_opt=np.full((T, N, S, B), np.nan, np.float32),
         memo_opt=np.full((T, N, S), np.nan), theorem_lr=np.full((T, N, S), np.nan),
         data=np.full((N, S, max(config.ns)), np.nan),
         steps=np.array([steps_for(lr, config.train_time) for lr in config.lrs]),
-        seconds=np.zeros((T, N, W, S)),
     )
     cells = T * N * W * S
     count, start = 0, time.perf_counter()
     for a, t in enumerate(config.times):
-        mu, sigma = float(ou_mu(t)), float(ou_sigma(t))
         for b, n in enumerate(config.ns):
             for d, seed in enumerate(config.seeds):
-                data = training_data(n, seed)
-                out["data"][b, d, :n] = data.numpy()
-                out["theorem_lr"][a, b, d] = theorem_lr_threshold(data.to(torch.float64), mu, sigma)
                 for c, width in enumerate(config.widths):
-                    t0 = time.perf_counter()
-                    net, div, _ = _train_ensemble(data, t, width, config.lrs, seed, config)
-                    summ = _summarize(net, div, data, t, config.lrs, seed, config)
+                    cell = compute_cell(config, t=t, n=n, width=width, seed=seed)
                     for k in _NET_KEYS:
-                        out[k][a, b, c, d] = summ[k]
+                        out[k][a, b, c, d] = cell[k]
                     for k in _OPT_KEYS:
-                        out[k][a, b, d] = summ[k]
-                    out["seconds"][a, b, c, d] = time.perf_counter() - t0
+                        out[k][a, b, d] = cell[k]
+                    out["theorem_lr"][a, b, d] = cell["theorem_lr"]
+                    out["data"][b, d, :n] = cell["data"]
                     count += 1
                     if verbose:
+                        elapsed = time.perf_counter() - start
                         print(f"[{count}/{cells}] t={t} n={n} m={width} seed={seed}: "
-                              f"{out['seconds'][a, b, c, d]:.1f} s "
-                              f"(total {time.perf_counter() - start:.0f} s)", flush=True)
+                              f"{cell['seconds']:.1f} s (total {elapsed:.0f} s, about "
+                              f"{elapsed / count * (cells - count):.0f} s to go)", flush=True)
     return out
+
+
+def environment() -> dict:
+    """What the grid's bits depend on besides the code and the seeds (stored in the file):
+    torch and NumPy versions, the CPU kernels torch dispatches to, and the thread count."""
+    return {"torch": torch.__version__, "numpy": np.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
 
 
 def grid_path():
@@ -447,7 +496,8 @@ class PlaygroundGrid:
             excess=f("excess"), sharp=f("sharp"),
             stab=stability_threshold(cfg.widths[c], cfg.lrs[l]),
             theorem_lr=float(A["theorem_lr"][a, b, d]), memo=f("memo"),
-            memo_opt=float(A["memo_opt"][a, b, d]), diverged=bool(A["diverged"][a, b, c, d, l]),
+            memo_opt=float(A["memo_opt"][a, b, d]), active=f("active"),
+            diverged=bool(A["diverged"][a, b, c, d, l]),
             noisy_top=_top(A["noisy"][a, b, c, d], A["noisy_opt"][a, b, d]),
             denoised_top=_top(A["denoised"][a, b, c, d], A["denoised_opt"][a, b, d]),
         )
@@ -524,7 +574,8 @@ def train_view(*, lr, t, n, width, seed, config: PlaygroundConfig = PlaygroundCo
         excess=float(s["excess"][0]), sharp=float(s["sharp"][0]),
         stab=stability_threshold(width, lr),
         theorem_lr=theorem_lr_threshold(data.to(torch.float64), mu, sigma),
-        memo=float(s["memo"][0]), memo_opt=float(s["memo_opt"]), diverged=bool(s["diverged"][0]),
+        memo=float(s["memo"][0]), memo_opt=float(s["memo_opt"]), active=float(s["active"][0]),
+        diverged=bool(s["diverged"][0]),
         source=f"trained now ({time.perf_counter() - start:.1f} s)",
         noisy_top=_top(s["noisy"][0], s["noisy_opt"]),
         denoised_top=_top(s["denoised"][0], s["denoised_opt"]),
@@ -539,11 +590,10 @@ def regenerate(path=None, config: PlaygroundConfig = PlaygroundConfig(), *, verb
         path = Path(str(grid_path()))
     check_writable(path)                      # before the long computation, not after it
     start, cpu = time.perf_counter(), time.process_time()
-    threads = torch.get_num_threads()
+    env = environment()
     arrays = compute_grid(config, verbose=verbose)
     extra = {"seconds": round(time.perf_counter() - start, 1),
-             "cpu_seconds": round(time.process_time() - cpu, 1), "torch": torch.__version__,
-             "threads": threads}
+             "cpu_seconds": round(time.process_time() - cpu, 1), **env}
     save_results(path, arrays, config_to_dict(config), extra=extra, overwrite=True)
     return path
 
@@ -557,7 +607,7 @@ def main(argv=None) -> int:
     prog = "python -m dsmlib.playground"
     parser = OneLineParser(
         prog=prog,
-        description="Regenerate the precomputed grid of the playground (chapter 10).")
+        description="Regenerate the precomputed grid of the book's playground chapter.")
     parser.add_argument("--regenerate", action="store_true",
                         help="train every cell of the grid and write the grid file")
     parser.add_argument("--out", type=Path, default=None,

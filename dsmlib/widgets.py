@@ -1,4 +1,4 @@
-r"""The interactive playground of chapter 10: sliders over a precomputed grid, and static scrubbers.
+r"""The interactive playground of the book: sliders over a precomputed grid, and static scrubbers.
 
     pg = dsmlib.widgets.playground()        # display it (a Jupyter cell's last expression)
     pg.select(lr=0.05, t=0.02)              # move sliders from code (grid values only)
@@ -148,7 +148,8 @@ class PlaygroundFigure:
         self.h_dnet.set_data(np.nan_to_num(view.denoised), edges)
         self.title.set_text(
             f"η = {view.lr:g},  t = {view.t:g} (μ = {view.mu:.3f}, σ = {view.sigma:.3f}),  "
-            f"n = {view.n},  m = {view.width},  data seed {view.seed}   [{view.source}]")
+            f"n = {view.n},  m = {view.width},  data seed {view.seed}   "
+            f"[{view.source.split(' (')[0]}]")   # no timing in the picture: it would change each run
         self.t_values.set_text("\n".join(_values(view)))
         self.t_verdict.set_text(_verdict(view))
         self.view = view
@@ -186,6 +187,7 @@ _LABELS = (
     r"Thm. 8 threshold $2^{12}\sigma^2/(\mu n^2 \Delta)$",
     r"memorization fraction, $s_\theta$",
     r"memorization fraction, $s^*$",
+    r"units active on the data range",
 )
 
 
@@ -199,6 +201,7 @@ def _values(v):
         _fmt(v.theorem_lr),
         dead if v.diverged else f"{v.memo:.2f}",
         f"{v.memo_opt:.2f}",
+        dead if v.diverged else f"{v.active:.0%}",
     ]
 
 
@@ -213,24 +216,18 @@ def _times(x) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
-def _collapsed(v) -> bool:
-    """The learned score is ~0 on most of the data range (its ReLU units there are inactive)."""
-    inside = (v.y >= v.mu * v.data.min()) & (v.y <= v.mu * v.data.max())
-    if not inside.any() or not np.isfinite(v.score[inside]).all():
-        return False
-    scale = float(np.max(np.abs(v.optimal[inside]))) or 1.0
-    return float(np.mean(np.abs(v.score[inside]) < 1e-3 * scale)) > 0.5
-
-
 def _verdict(v) -> str:
     """Two or three short lines on what the numbers say."""
     if v.diverged:
         return (f"SGD diverged (m·η = {v.width * v.lr:g}): it never reached\n"
                 f"a region with λmax ≤ 2/(mη) = {v.stab:.2g}.")
     lines = []
-    if _collapsed(v):
-        lines.append("s_θ ≈ 0 on most of the data: its ReLU units are\n"
-                     "off there (a flat, trivially stable region).")
+    if v.active == 0:
+        lines.append("Collapsed: every unit is off on the data, so s_θ = 0\n"
+                     "there; its excess risk is that of the zero score.")
+    elif v.active < 0.5:
+        lines.append(f"Partially collapsed: {v.active:.0%} of the units are active\n"
+                     "on the data.")
     ratio = v.sharp / v.stab if v.stab > 0 else math.nan
     if ratio <= 1.0:
         lines.append(f"λmax = {max(ratio, 0.0):.2f} × 2/(mη): linearly stable (eq. 8).")
@@ -314,8 +311,9 @@ class Playground:
         self.progress = W.IntProgress(value=0, min=0, max=1, description="",
                                       layout=W.Layout(width="300px", visibility="hidden"))
         self.status = W.HTML()
+        # no margin: "100%" plus the default 2 px widget margins would stick out of the column
         self.image = W.Image(format="png", layout=W.Layout(width="100%", max_width="1000px",
-                                                           height="auto"))
+                                                           height="auto", margin="0"))
         self.figure = PlaygroundFigure(blit=True)
         self.view = None
         self._trained = {}
@@ -451,7 +449,7 @@ def _int(x, name, minimum):
 
 
 def playground(grid=None, **initial) -> Playground:
-    """The chapter 10 explorer: ``dsmlib.widgets.playground()`` as a cell's last expression."""
+    """The playground explorer: ``dsmlib.widgets.playground()`` as a cell's last expression."""
     return Playground(grid, **initial)
 
 

@@ -22,6 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
+from booktoc import BUILD_FLAGS  # noqa: E402
+
 
 def pytest_configure(config):
     config.addinivalue_line(
@@ -46,9 +48,9 @@ class BookBuild:
 def book_build(tmp_path_factory) -> BookBuild:
     """Build the book once per session, from scratch, with warnings as errors.
 
-    The build goes to a fresh temporary folder (an incremental build would not re-emit the
-    warnings of unchanged pages), with ``-W -n --keep-going`` so that every warning is listed and
-    the HTML is still written for the other tests to inspect.
+    The build is the README's (``booktoc.BUILD_COMMAND``: ``-W -n --keep-going``, so that every
+    warning is listed and the HTML is still written for the other tests to inspect), into a fresh
+    temporary folder (an incremental build would not re-emit the warnings of unchanged pages).
     """
     reuse = os.environ.get("DSM_BOOK_HTML")
     if reuse:
@@ -60,7 +62,7 @@ def book_build(tmp_path_factory) -> BookBuild:
     # jupyter_book has no __main__; call its CLI entry point with this interpreter.
     cli = "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()"
     cmd = [sys.executable, "-c", cli, "build", str(ROOT), "--path-output", str(out),
-           "-W", "-n", "--keep-going", "--all"]
+           *BUILD_FLAGS, "--all"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "NO_COLOR": "1"})

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from booktoc import ROOT, resolve, toc_docnames, toc_notebooks
+from booktoc import ROOT, colab_install_cell, resolve, toc_docnames, toc_notebooks
 
 pytestmark = pytest.mark.book
 
@@ -80,10 +80,13 @@ def test_every_toc_page_is_built(book_html):
 
 @pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: p.name)
 def test_first_code_cell_installs_dsmlib_only_on_colab(path):
-    """Colab has only the notebook: its first code cell installs dsmlib there, is hidden in the
-    rendered book (tag remove-cell) and prints nothing locally."""
+    """Colab has only the notebook: its first code cell installs dsmlib there, from the repository
+    of _config.yml (tools/execute_notebooks.py writes it), is hidden in the rendered book (tag
+    remove-cell) and prints nothing locally."""
     nb = nbformat.read(path, as_version=4)
     first = next(c for c in nb.cells if c.cell_type == "code")
-    assert '"google.colab" in sys.modules' in first.source
+    assert first.source == colab_install_cell(), (
+        f"{path.name}: the Colab install cell differs from the one of _config.yml's repository "
+        "url: run python tools/execute_notebooks.py on it")
     assert "remove-cell" in first.metadata.get("tags", [])
     assert first.outputs == []

@@ -1,24 +1,28 @@
-"""The built book, as a reader sees it: links, launch buttons, and a real headless Chromium.
+"""The built book, as a reader sees it: links, launch buttons, layout, and a real headless Chromium.
 
 Run:  python -m pytest tests/test_browser.py -v
       DSM_BOOK_HTML=_build/html python -m pytest tests/test_browser.py   (reuse a build)
 
 Static checks (no browser): every local link and anchor of the built site resolves, every notebook
 page has its Binder and Colab launch links (derived from the ``repository:`` section of
-_config.yml), and the CDN versions the pages load match the pinned copies of package.json.
+_config.yml), and no page loads a script, stylesheet, font or image from another site: MathJax,
+RequireJS, the widget manager and Font Awesome are served from ``_static/npm/`` of the site
+(copied from node_modules/ by tools/sphinx_fixes.py at build time).
 
 Browser checks, per page of _toc.yml, in headless Chromium driven over the DevTools protocol
-(a small client on tornado's websocket, which Jupyter already depends on): math is typeset by
-MathJax with no raw TeX left, every image loaded, no JavaScript error or failed request, every
-saved widget view rendered, launch buttons present; on pages with a matplotlib ``to_jshtml``
-animation, clicking its "next frame" button and moving its slider change the frame.
-Screenshots of every page go to test-artifacts/ (gitignored).
+(a small client on tornado's websocket, which Jupyter already depends on), with the network off:
+the site is served as built, from 127.0.0.1, and every other host fails at once, so what renders
+here renders offline. Math is typeset by MathJax with no raw TeX left, every image loaded, no
+JavaScript error or failed request, every saved widget view rendered, the animations' icon font
+loaded, launch buttons present; on pages with a matplotlib ``to_jshtml`` animation, clicking its
+"next frame" button and moving its slider change the frame. The layout check measures every page
+at 1280 px: no figure is shrunk below 0.65 of its width (unless its 10 pt text still measures
+9 px or more), and no table, display equation or output block is wider than the text column
+(scrolls or sticks out); a failure names the page and the element. Screenshots of every page go to
+test-artifacts/ (gitignored).
 
-The machine is offline, so the page copy served to the browser has its CDN URLs
-(cdn.jsdelivr.net/npm/<pkg>@<version>/..., and matplotlib's Font Awesome stylesheet) rewritten to
-local copies installed by ``npm ci`` into node_modules/. Chromium comes from Debian
-(``apt-get install chromium``). Both are required under CI (``CI`` set); locally their absence
-skips the browser checks with the reason.
+Chromium comes from Debian (``apt-get install chromium``); it is required under CI (``CI`` set),
+and locally its absence skips the browser checks with the reason.
 """
 
 from __future__ import annotations
@@ -43,11 +47,11 @@ from pathlib import Path
 import pytest
 
 from booktoc import ROOT, load_yaml, toc_docnames, toc_notebooks
+import sphinx_fixes
 
 pytestmark = [pytest.mark.book]
 
 CHROMIUM = os.environ.get("DSM_CHROMIUM", "/usr/bin/chromium")
-NODE_MODULES = ROOT / "node_modules"
 ARTIFACTS = ROOT / "test-artifacts"
 IN_CI = bool(os.environ.get("CI"))
 PAGE_TIMEOUT = 45  # seconds allowed for one page to load, typeset and render its widgets
@@ -55,37 +59,6 @@ PAGE_TIMEOUT = 45  # seconds allowed for one page to load, typeset and render it
 DOCNAMES = toc_docnames()
 NOTEBOOK_DOCS = [p.relative_to(ROOT).with_suffix("").as_posix() for p in toc_notebooks()]
 PLAYGROUND = "book/10_playground"
-
-# --------------------------------------------------------------------------- CDN -> local copies
-
-JSDELIVR = re.compile(
-    r"https://cdn\.jsdelivr\.net/npm/(?P<pkg>(?:@[\w.-]+/)?[\w.-]+)@(?P<ver>[\w.-]+)/(?P<path>[^\"'\s)]*)"
-)
-FONT_AWESOME = re.compile(
-    r"https://maxcdn\.bootstrapcdn\.com/font-awesome/(?P<ver>[\w.-]+)/(?P<path>[^\"'\s)]*)"
-)
-
-
-def cdn_references(text: str) -> set[tuple[str, str]]:
-    """(package, version) pairs of the CDN URLs in a page."""
-    refs = {(m["pkg"], m["ver"]) for m in JSDELIVR.finditer(text)}
-    refs |= {("font-awesome", m["ver"]) for m in FONT_AWESOME.finditer(text)}
-    return refs
-
-
-def localize(text: str) -> str:
-    """The page as served to the offline browser: CDN URLs point at /__npm__/<pkg>/<path>."""
-    text = JSDELIVR.sub(lambda m: f"/__npm__/{m['pkg']}/{m['path']}", text)
-    text = FONT_AWESOME.sub(lambda m: f"/__npm__/font-awesome/{m['path']}", text)
-    text = text.replace('"https://cdn.jsdelivr.net/npm/"', '"/__npm__/"')
-    # Subresource-integrity hashes name the CDN's bytes, not those of the npm copies.
-    return re.sub(r'\sintegrity="[^"]*"', "", text)
-
-
-def pinned_packages() -> dict[str, str]:
-    package = json.loads((ROOT / "package.json").read_text())
-    return {**package.get("dependencies", {}), **package.get("devDependencies", {})}
-
 
 # --------------------------------------------------------------------------- static checks
 
@@ -173,23 +146,60 @@ def test_launch_buttons_in_html(book_html, docname):
     assert url in hrefs, f"{docname}: no repository button {url}"
 
 
-def test_cdn_versions_match_package_json(book_html):
-    """The CDN scripts the pages load are exactly the versions pinned in package.json."""
-    pinned = pinned_packages()
-    refs = set()
-    for page in book_html.rglob("*.html"):
-        refs |= cdn_references(page.read_text(encoding="utf-8", errors="replace"))
-    assert any(pkg == "mathjax" for pkg, _ in refs), "no page loads MathJax"
-    wrong = {f"{pkg}@{ver} (package.json: {pinned.get(pkg)})" for pkg, ver in refs
-             if pinned.get(pkg) != ver}
-    assert not wrong, "CDN versions differ from package.json: " + ", ".join(sorted(wrong))
+class _Resources(html.parser.HTMLParser):
+    """What a page makes the browser fetch: script/img/iframe/source src, stylesheet/icon/preload
+    href, and url(...) in inline styles (``<a href>`` is a link, not a resource)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.urls: list[str] = []
+        self._style = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("script", "img", "iframe", "source", "embed", "audio", "video") and a.get("src"):
+            self.urls.append(a["src"])
+        if tag == "link" and a.get("href") and (a.get("rel") or "").split()[:1] != ["canonical"]:
+            self.urls.append(a["href"])
+        self.urls += re.findall(r"url\(['\"]?([^'\")]+)", a.get("style") or "")
+        self._style = tag == "style"
+
+    def handle_data(self, data):
+        if self._style:
+            self.urls += re.findall(r"url\(['\"]?([^'\")]+)", data)
+            self.urls += re.findall(r"@import\s+['\"]([^'\"]+)", data)
+
+    def handle_endtag(self, tag):
+        self._style = False
+
+
+def test_site_loads_nothing_from_other_sites(book_html):
+    """No built page fetches a script, stylesheet, font or image from another host (so it works
+    offline), and the vendored packages are in _static/npm/, as package.json pins them."""
+    external = set()
+    for page in sorted(book_html.rglob("*.html")):
+        if page.relative_to(book_html).parts[0] in ("_static", "_sources"):
+            continue
+        parser = _Resources()
+        parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+        for url in parser.urls:
+            if urllib.parse.urlsplit(url).scheme not in ("", "data", "blob") or url.startswith("//"):
+                external.add(f"{page.relative_to(book_html)}: {url[:120]}")
+    assert not external, "pages load resources from other sites:\n" + "\n".join(sorted(external))
+    vendor = book_html / "_static" / sphinx_fixes.VENDOR_DIR
+    missing = [str(rel) for src, rel in sphinx_fixes.vendor_files()
+               if not (vendor / rel).is_file() or (vendor / rel).stat().st_size != src.stat().st_size]
+    assert not missing, f"not vendored into {vendor}: {missing[:10]}"
+    pinned = sphinx_fixes.pinned_versions()
+    for pkg in sphinx_fixes.VENDOR:
+        assert sphinx_fixes._installed_version(pkg) == pinned[pkg], pkg
 
 
 # --------------------------------------------------------------------------- local web server
 
 
 class _Server:
-    """Serves the built book on 127.0.0.1 (HTML localized) and node_modules under /__npm__/."""
+    """Serves the built book, as built, on 127.0.0.1 (nothing else: the site must be complete)."""
 
     def __init__(self, html_root: Path):
         self.root = html_root.resolve()
@@ -204,11 +214,8 @@ class _Server:
 
             def do_GET(self):  # noqa: N802
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-                if path.startswith("/__npm__/"):
-                    base, rel = NODE_MODULES.resolve(), path[len("/__npm__/"):]
-                else:
-                    base, rel = server.root, path.lstrip("/")
-                target = (base / rel).resolve()
+                base = server.root
+                target = (base / path.lstrip("/")).resolve()
                 if target.is_dir():
                     target = target / "index.html"
                 if base not in target.parents or not target.is_file():
@@ -222,7 +229,6 @@ class _Server:
                 body = target.read_bytes()
                 ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
                 if target.suffix == ".html":
-                    body = localize(body.decode("utf-8")).encode("utf-8")
                     ctype = "text/html; charset=utf-8"
                 elif target.suffix in (".js", ".mjs"):
                     ctype = "application/javascript"
@@ -366,7 +372,7 @@ class Page:
         """A real mouse click at the centre of the first element matching ``selector``."""
         box = self.js(f"""(() => {{
             const el = document.querySelector({json.dumps(selector)});
-            el.scrollIntoView({{block: 'center'}});
+            el.scrollIntoView({{block: 'center', behavior: 'instant'}});  // the theme scrolls smoothly
             const r = el.getBoundingClientRect();
             return {{x: r.left + r.width / 2, y: r.top + r.height / 2, w: r.width, h: r.height}};
         }})()""")
@@ -436,9 +442,6 @@ def _require(condition: bool, reason: str) -> None:
 def site(book_html):
     _require(Path(CHROMIUM).exists(),
              f"{CHROMIUM} not found: install it with `apt-get install -y chromium`")
-    _require((NODE_MODULES / "mathjax").is_dir()
-             and (NODE_MODULES / "@jupyter-widgets" / "html-manager").is_dir(),
-             "node_modules/ lacks the local MathJax / widget manager: run `npm ci`")
     server = _Server(book_html)
     yield server
     server.close()
@@ -522,6 +525,115 @@ REPORT_JS = r"""(() => {
   };
 })()"""
 
+# The layout check (evaluated once the page has settled; a promise of a report). Thresholds: a
+# figure may be shrunk to MIN_SCALE of its width, or further if its 10 pt text still measures
+# MIN_TEXT_PX (the PNG's pHYs chunk gives its dpi; matplotlib writes it); anything wider than its
+# box by more than SLACK_PX counts as scrolling / sticking out.
+MIN_SCALE, MIN_TEXT_PX, SLACK_PX = 0.65, 9.0, 2
+
+LAYOUT_JS = r"""(async () => {
+  const MIN_SCALE = %(scale)s, MIN_TEXT_PX = %(text)s, SLACK = %(slack)s;
+  const article = document.querySelector('article.bd-article') || document.querySelector('main')
+                  || document.body;
+  const colRight = article.getBoundingClientRect().right;
+  const cells = Array.from(article.querySelectorAll('div.cell'));
+  const heads = Array.from(article.querySelectorAll('h1, h2, h3'));
+  const where = el => {
+    let head = '';
+    for (const h of heads) {
+      if (h.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING) {
+        head = h.textContent.replace(/[#¶]/g, '').trim();
+      }
+    }
+    const cell = cells.findIndex(c => c.contains(el));
+    return (cell >= 0 ? `code cell ${cell + 1} of the page, ` : '') + `after "${head.slice(0, 60)}"`;
+  };
+  const shown = el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden';
+  const wide = el => {
+    // wider than its own box (it scrolls, or its content spills) or than the text column
+    const over = el.scrollWidth - el.clientWidth;
+    const stick = el.getBoundingClientRect().right - colRight;
+    return over > SLACK || stick > SLACK ? Math.round(Math.max(over, stick)) : 0;
+  };
+  async function dpiOf(img) {
+    try {
+      const bytes = new Uint8Array(await (await fetch(img.currentSrc || img.src)).arrayBuffer());
+      for (let i = 8; i + 12 <= bytes.length; ) {        // PNG chunks after the signature
+        const len = (bytes[i] << 24 | bytes[i + 1] << 16 | bytes[i + 2] << 8 | bytes[i + 3]) >>> 0;
+        const type = String.fromCharCode(...bytes.slice(i + 4, i + 8));
+        if (type === 'pHYs') {
+          const d = i + 8;
+          const ppu = (bytes[d] << 24 | bytes[d + 1] << 16 | bytes[d + 2] << 8 | bytes[d + 3]) >>> 0;
+          return bytes[d + 8] === 1 ? ppu * 0.0254 : null;  // unit 1: pixels per metre
+        }
+        if (type === 'IDAT' || type === 'IEND') return null;
+        i += 12 + len;
+      }
+    } catch (e) { }
+    return null;
+  }
+  const problems = [];
+  let images = 0;
+  for (const img of article.querySelectorAll('img')) {
+    if (!shown(img) || !img.naturalWidth) continue;
+    images += 1;
+    const scale = img.getBoundingClientRect().width / img.naturalWidth;
+    if (scale >= MIN_SCALE - 1e-3) continue;
+    const dpi = await dpiOf(img) || 100;
+    const textPx = 10 * dpi / 72 * scale;
+    if (textPx >= MIN_TEXT_PX) continue;
+    problems.push(`image (${where(img)}): ${img.naturalWidth} px wide at ${Math.round(dpi)} dpi,` +
+                  ` shown at ${scale.toFixed(2)} of its width, so 10 pt text is ` +
+                  `${textPx.toFixed(1)} px (want a scale >= ${MIN_SCALE} or text >= ` +
+                  `${MIN_TEXT_PX} px: figure width <= 7.5 in at dpi 100, stack the panels)`);
+  }
+  for (const t of article.querySelectorAll('table')) {
+    if (!shown(t)) continue;
+    let box = t;                                   // the table, or the element that scrolls it
+    for (let e = t.parentElement; e && e !== article; e = e.parentElement) {
+      if (/(auto|scroll|hidden)/.test(getComputedStyle(e).overflowX)) { box = e; break; }
+    }
+    const px = Math.max(wide(box), wide(t));
+    if (px) {
+      const cols = t.rows.length ? t.rows[0].cells.length : 0;
+      problems.push(`table (${where(t)}), ${cols} columns: ${px} px too wide for the column ` +
+                    `(transpose or split it, fewer columns, 3 significant digits)`);
+    }
+  }
+  const tex = new Map();
+  if (window.MathJax && MathJax.startup && MathJax.startup.document) {
+    for (const item of MathJax.startup.document.math) tex.set(item.typesetRoot, item.math);
+  }
+  for (const m of article.querySelectorAll('mjx-container[display="true"]')) {
+    if (!shown(m)) continue;
+    const inner = m.querySelector('mjx-math') || m;
+    const box = m.parentElement;
+    const over = Math.round(Math.max(inner.getBoundingClientRect().width - box.clientWidth,
+                                     inner.getBoundingClientRect().right - colRight, wide(m)));
+    if (over > SLACK) {
+      const src = (tex.get(m) || m.textContent || '').replace(/\s+/g, ' ').trim();
+      problems.push(`display equation (${where(m)}) "${src.slice(0, 90)}": ${over} px wider ` +
+                    `than the column (split it with aligned, or over two lines)`);
+    }
+  }
+  const outputs = Array.from(article.querySelectorAll('div.cell_output, div.output'))
+                       .filter(o => !o.parentElement.closest('div.cell_output, div.output'));
+  for (const out of outputs) {
+    for (const el of [out, ...out.querySelectorAll('pre, div.output, .jupyter-widgets, .animation')]) {
+      if (!shown(el) || el.closest('table')) continue;
+      const px = wide(el);
+      if (px) {
+        const text = (el.textContent || '').split('\n').reduce((a, b) => a.length > b.length ? a : b, '');
+        problems.push(`output block (${where(el)}), ${el.tagName.toLowerCase()}: ${px} px wider ` +
+                      `than the column; longest line "${text.trim().slice(0, 70)}" ` +
+                      `(print lines <= ~80 characters, tables as DataFrames)`);
+        break;                                     // one report per output
+      }
+    }
+  }
+  return {problems: problems, images: images, columnWidth: Math.round(article.clientWidth)};
+})()""" % {"scale": MIN_SCALE, "text": MIN_TEXT_PX, "slack": SLACK_PX}
+
 VIEWS_RENDERED = """Array.from(document.querySelectorAll(
     'script[type="application/vnd.jupyter.widget-view+json"]')).every(s =>
     s.previousElementSibling && s.previousElementSibling.classList.contains('widget-subarea')
@@ -548,6 +660,7 @@ def visit(browser, site):
         images_ok = browser.wait_until("Array.from(document.images).every(i => i.complete)", 15)
         time.sleep(0.3)  # let late console errors arrive
         report = browser.js(REPORT_JS)
+        report["layout"] = browser.js(LAYOUT_JS, await_promise=True, timeout=PAGE_TIMEOUT)
         report.update(mathjax=mathjax, widgets_settled=widgets_ok, images_settled=images_ok,
                       seconds=round(time.monotonic() - start, 2),
                       **browser.problems(site.url))
@@ -569,8 +682,8 @@ def test_page_renders(visit, docname):
     assert not r["exceptions"], f"JavaScript exceptions: {r['exceptions']}"
     assert not r["console"], f"console errors: {r['console']}"
     assert not r["failed"], f"failed requests: {r['failed']}"
-    assert not r["external"], (f"requests leaving the local server (add the package to "
-                               f"package.json and map it in localize()): {r['external']}")
+    assert not r["external"], (f"requests leaving the site (vendor the package: package.json "
+                               f"and VENDOR in tools/sphinx_fixes.py): {r['external']}")
     if r["mathNodes"]:
         assert r["mathjax"] == "typeset", f"MathJax did not run: {r['mathjax']}"
         assert r["mjx"] >= r["mathNodes"], f"{r['mjx']} typeset of {r['mathNodes']} math nodes"
@@ -579,6 +692,48 @@ def test_page_renders(visit, docname):
     assert not r["texLeft"], f"raw TeX left in the text: {r['texLeft']}"
     bad = [i for i in r["images"] if not (i["complete"] and i["width"] > 0)]
     assert not bad, f"images that did not load: {bad}"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("docname", DOCNAMES)
+def test_page_layout_fits_the_column(visit, docname):
+    """At 1280 px: figures readable (not shrunk below 0.65 of their width unless their 10 pt
+    text stays >= 9 px), and no table, display equation or output block wider than the column."""
+    layout = visit(docname)["layout"]
+    assert not layout["problems"], (
+        f"{docname} (text column {layout['columnWidth']} px):\n  "
+        + "\n  ".join(layout["problems"]))
+
+
+# Each animation button shows its icon: an SVG (the theme's Font Awesome script replaces the
+# <i class="fa ..."> tags) or a glyph of the Font Awesome 4 font that matplotlib's HTML asks for.
+ICONS_JS = """document.fonts.ready.then(() => Array.from(
+    document.querySelectorAll('.animation button')).map(b => {
+  const svg = b.querySelector('svg'), i = b.querySelector('i');
+  if (svg) return svg.getBoundingClientRect().width > 0 ? 'svg' : 'empty svg';
+  if (!i) return 'no icon';
+  return /FontAwesome/.test(getComputedStyle(i).fontFamily) && document.fonts.check('14px FontAwesome')
+      ? 'font' : 'font not loaded';
+}))"""
+
+
+@pytest.mark.browser
+def test_offline_site_typesets_math_renders_widgets_and_icons(visit, browser, site):
+    """With every host but the local server unreachable, the pages still typeset their math
+    (MathJax from the site), render the playground's saved widgets (RequireJS and the widget
+    manager from the site) and draw the animation buttons (Font Awesome from the site)."""
+    math_pages = [d for d in DOCNAMES if visit(d)["mathNodes"]]
+    assert len(math_pages) >= len(DOCNAMES) // 2, f"only {math_pages} have math"
+    for d in math_pages:
+        r = visit(d)
+        assert r["mathjax"] == "typeset" and r["mjx"] >= r["mathNodes"] > 0, d
+        assert not r["external"] and not r["failed"], (d, r["external"], r["failed"])
+    r = visit(PLAYGROUND)
+    assert r["views"] and all(v["rendered"] and v["height"] > 0 for v in r["views"]), r["views"]
+    assert r["animations"] >= 1
+    browser.goto(f"{site.url}/{PLAYGROUND}.html")
+    icons = browser.js(ICONS_JS, await_promise=True)
+    assert icons and all(i in ("svg", "font") for i in icons), f"animation buttons: {icons}"
 
 
 @pytest.mark.browser

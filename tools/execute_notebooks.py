@@ -14,13 +14,18 @@ whatever kernelspecs are installed), with the notebook's folder (``book/``) as w
 Outputs are made reproducible: ``PYTHONHASHSEED=0``, the inline matplotlib backend, progress bars
 off (``TQDM_DISABLE=1``, unless ``--keep-progress``), no execution timestamps in the metadata, and
 the random ids that ipywidgets and matplotlib's ``to_jshtml`` put in their outputs are renamed to
-ids derived from the notebook's path, so that re-running an unchanged notebook gives no diff.
+ids derived from the notebook's path (in an order that does not depend on the random ids), and
+consecutive stream outputs of a cell are merged (how the kernel splits a cell's printing into
+messages depends on timing), so that re-running an unchanged notebook gives no diff. The first
+code cell (the Colab install cell) is rewritten from ``repository.url`` of _config.yml, the one
+place where the repository's address is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import sys
@@ -33,7 +38,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from booktoc import ROOT, toc_notebooks  # noqa: E402
+from booktoc import ROOT, colab_install_cell, toc_notebooks  # noqa: E402
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
@@ -67,10 +72,24 @@ class _CurrentPythonSpecs(KernelSpecManager):
 # --------------------------------------------------------------------------- normalisation
 
 
+def _merge_streams(outputs) -> list:
+    """Consecutive stream outputs of the same stream (stdout, stderr) as one output."""
+    merged = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged
+                and merged[-1].get("output_type") == "stream" and merged[-1].name == out.name):
+            merged[-1].text += out.text
+        else:
+            merged.append(out)
+    return merged
+
+
 def _strip_volatile(nb) -> None:
-    """Drop execution timestamps and other per-run metadata, in place."""
+    """Drop execution timestamps and other per-run metadata, merge split streams, in place."""
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = _merge_streams(cell.outputs)
     nb.metadata.pop("papermill", None)
     widgets = nb.metadata.get("widgets", {})
     if widgets and not widgets.get(WIDGET_STATE, {}).get("state"):
@@ -80,11 +99,43 @@ def _strip_volatile(nb) -> None:
 _HEX32 = r"[0-9a-f]{32}"
 
 
+def _canonical_order(nb, wanted: set[str], widget_state: dict) -> list[str]:
+    """The random ids in an order that does not depend on their values.
+
+    Ids referenced by the cell outputs come first, in cell order; each widget model is followed
+    by the models its state references (depth first, in the order of its state's sorted JSON);
+    models referenced by nothing come last, sorted by their state with every id masked.
+    """
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(h):
+        stack = [h]
+        while stack:
+            h = stack.pop()
+            if h in seen or h not in wanted:
+                continue
+            seen.add(h)
+            order.append(h)
+            refs = re.findall(_HEX32, json.dumps(widget_state.get(h, {}), sort_keys=True))
+            stack.extend(reversed(refs))
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            for h in re.findall(_HEX32, json.dumps(out, sort_keys=True)):
+                visit(h)
+    rest = sorted(wanted - seen, key=lambda h: re.sub(
+        _HEX32, "ID", json.dumps(widget_state.get(h, {}), sort_keys=True)))
+    for h in rest:
+        visit(h)
+    return order
+
+
 def _stable_ids(nb, key: str):
     """Rename random 32-hex ids (widget model ids, ``to_jshtml`` ids) to ids derived from ``key``.
 
-    Ids are renamed in order of first appearance, so re-running an unchanged notebook yields the
-    same text. Returns a new notebook node.
+    The ids are numbered in :func:`_canonical_order`, so re-running an unchanged notebook yields
+    the same text. Returns a new notebook node.
     """
     text = nbformat.writes(nb)
     candidates: list[str] = []
@@ -93,12 +144,7 @@ def _stable_ids(nb, key: str):
     candidates += re.findall(rf"_anim_img({_HEX32})", text)
     if not candidates:
         return nb
-    wanted = set(candidates)
-    order = []
-    for match in re.finditer(_HEX32, text):
-        h = match.group(0)
-        if h in wanted and h not in order:
-            order.append(h)
+    order = _canonical_order(nb, set(candidates), widget_state)
     mapping = {
         old: hashlib.sha256(f"{key}:{i}".encode()).hexdigest()[:32] for i, old in enumerate(order)
     }
@@ -109,9 +155,17 @@ def _stable_ids(nb, key: str):
 # --------------------------------------------------------------------------- execute / check
 
 
+def _sync_colab_cell(nb) -> None:
+    """Rewrite the Colab install cell (the first code cell) from _config.yml's repository url."""
+    first = next((c for c in nb.cells if c.cell_type == "code"), None)
+    if first is not None and '"google.colab" in sys.modules' in first.source:
+        first.source = colab_install_cell()
+
+
 def execute(path: Path, timeout: int, kernel: str) -> None:
     """Execute one notebook in place (raises on a cell error or timeout)."""
     nb = nbformat.read(path, as_version=4)
+    _sync_colab_cell(nb)
     client = NotebookClient(
         nb,
         timeout=timeout,
