@@ -16,14 +16,20 @@ Iterate averaging: with ``average_last=N`` the trainer also returns the average 
 after each of the last ``N`` steps (Polyak-Ruppert tail averaging), the estimate of the minimum
 around which SGD at a fixed learning rate keeps fluctuating (chapter "What keeps SGD away from s*").
 
-Two exact implementations of the same step, both with hand-written gradients (checked against
-autograd in the tests):
+Three exact implementations of the same step, all with hand-written gradients (checked against
+autograd in the tests; dsmlib/_steps.py):
 
-* **1-D, sorted** (CPU default for ``dim == 1``): no (batch x width) array is ever formed. The batch
+* **1-D, compiled** (CPU default for ``dim == 1`` where numba is installed): the sorted step
+  below as a numba kernel (dsmlib/_kernel1d.py) that runs whole blocks of 256 steps, member after
+  member, on ``torch.get_num_threads()`` threads. It reproduces the pure-torch sorted step bit
+  for bit, in float32 and float64, so results do not depend on whether numba is installed.
+  ``DSMLIB_NO_NUMBA=1`` switches it off.
+* **1-D, sorted** (pure torch; the fallback): no (batch x width) array is ever formed. The batch
   is sorted once; each unit's kink is located among the sorted points by a branch-free binary
   search; the outputs at all points come from a bucketed cumulative sum of the per-unit terms
   ``(a_l w_l, a_l b_l)``, and each unit's gradient from prefix/suffix sums of ``(r_j y_j, r_j)``.
-  Cost ``O(m log B + B log B)`` per member and step.
+  Cost ``O(m log B + B log B)`` per member and step. Large ensembles run in chunks of members
+  below torch's parallel grain.
 * **dense** (``dim > 1``, or any dim off the CPU): batched matrix products ``torch.bmm``.
 
 Randomness: member ``k`` draws its batch indices and noise from its own generator, in blocks of
@@ -45,6 +51,9 @@ import numpy as np
 import torch
 
 from . import _checks
+from ._steps import _Sorted1D  # noqa: F401  (the torch 1-D step, as before: training._Sorted1D)
+from ._steps import choose_method as _choose_method, make_trainer as _make_trainer
+from ._steps import write_back as _write_back
 from .networks import TwoLayerScoreNet, _member_generators, make_generators
 
 __all__ = ["train_sgd", "TrainResult"]
@@ -84,264 +93,6 @@ class TrainResult:
     average_last: int = 0
 
 
-# ---------------------------------------------------------------------------------------------
-# The two step implementations. Both keep the parameters of all K members in one packed tensor
-#     P: (K, 2d + 1, m),   rows  W1^T (d rows), b (1 row), W2 (d rows)
-# (in 1-D: rows w, b, a), updated in place. ``f`` (K,) is the per-member factor 2 c lr with
-# c = 1/B (mean) or 1 (sum), so that  theta <- theta - m lr grad R_hat  reads
-#     theta <- theta - f sum_j r_j m ds(Y_j)/dtheta,   r_j = s(Y_j) + z_j / sigma.
-# A step is several in-place operations: train_sgd holds SIGINT back until a step is complete.
-# ---------------------------------------------------------------------------------------------
-
-class _Packed:
-    """Packed parameters, per-member step factor and the theory model's projection."""
-
-    def __init__(self, W1, b, W2, *, fixed_inner, bound, f, batch_size):
-        K, m, d = W1.shape
-        self.K, self.m, self.d, self.B = K, m, d, batch_size
-        self.fixed_inner, self.bound = fixed_inner, bound
-        self.P = torch.empty(K, 2 * d + 1, m, dtype=b.dtype, device=b.device)
-        self.P[:, :d] = W1.transpose(1, 2)
-        self.P[:, d] = b
-        self.P[:, d + 1:] = W2
-        self.f = f.to(dtype=b.dtype, device=b.device).reshape(K, 1, 1).clone()
-
-    def flat(self):
-        return self.P.view(self.K, -1)
-
-    def finish(self):
-        """Re-apply the projection (idempotent)."""
-        if self.fixed_inner:
-            self.P[:, 2].clamp_(-self.bound, self.bound)
-
-    def parameters(self):
-        """(W1 (K, m, d), b (K, m), W2 (K, d, m)) views of the packed parameters."""
-        d = self.d
-        return self.P[:, :d].transpose(1, 2), self.P[:, d], self.P[:, d + 1:]
-
-
-class _Sorted1D(_Packed):
-    """Exact SGD step for 1-D nets in O(m log B) per member, without a (B x m) array.
-
-    Points are sorted by ``u = -y`` ascending. Unit l has ``kappa_l = b_l / w_l`` and
-    ``c_l = #{j : u_j < kappa_l}``; it is active on the prefix ``j < c_l`` when ``w_l >= 0`` and on
-    the suffix ``j >= c_l`` when ``w_l < 0`` (for ``w_l = 0``, kappa = +inf, -inf or NaN puts the
-    constant unit ReLU(b_l) on all points when b > 0 and on none otherwise, as it should).
-    The search runs in a doubled table (the sorted batch padded with +inf to L >= B + 1 slots,
-    twice) from ``L [w_l < 0]``, so ``idx_l = L [w_l < 0] + c_l`` both separates the two kinds of
-    units in the forward buckets and addresses, in one gather, prefix sums (w >= 0) or suffix
-    sums (w < 0) of the residuals.
-    """
-
-    _COPIES = 4   # interleaved bucket copies: breaks scatter_add's add-to-same-address chains
-
-    # Every per-step operation works on (K, m) or smaller tensors: with K * m below PyTorch's
-    # parallel grain (32768) no OpenMP region is opened, which keeps the step fast on a busy
-    # machine (a parallel region waits for every thread to be scheduled).
-
-    def __init__(self, W1, b, W2, **kw):
-        super().__init__(W1, b, W2, **kw)
-        K, m, B, P = self.K, self.m, self.B, self.P
-        P[:, 0].add_(0.0)     # -0.0 -> +0.0 (an SGD update never creates -0.0 afterwards)
-        top = 1
-        while 2 * top < B + 1:
-            top *= 2
-        L = 2 * top
-        self.top, self.L = top, L
-        e = dict(dtype=P.dtype, device=P.device)
-        i32 = dict(dtype=torch.int32, device=P.device)
-        new = lambda *shape: torch.empty(*shape, **e)       # noqa: E731
-        self.kap, self.gv, self.da = new(K, m), new(K, m), new(K, m)
-        self.v0, self.v1, self.S0, self.S1 = new(K, m), new(K, m), new(K, m), new(K, m)
-        self.neg = torch.empty(K, m, **i32)
-        torch.lt(P[:, 0], 0, out=self.neg)
-        self.idx, self.cmp, self.sidx = (torch.empty(K, m, **i32) for _ in range(3))
-        C = self._COPIES
-        self.offc = ((torch.arange(m, device=P.device) % C) * (2 * L)).to(torch.int32)
-        self.Uc = torch.zeros(K, 2, C, 2 * L, **e)
-        self.Uh = new(K, 2, C // 2, 2 * L)
-        self.U = new(K, 2, 2 * L)
-        self.coef = new(K, 2, B)
-        self.s = new(K, B)
-        self.R = new(K, 2, B)                                 # rows: r y, r
-        self.PS = torch.zeros(K, 2, 2 * L, **e)              # f * (prefix | suffix) sums of R
-        self.ucur = new(K, 2 * L)
-        # persistent views (creating a view costs about as much as a small operation)
-        self.w, self.b, self.a = P[:, 0], P[:, 1], P[:, 2]
-        self.ulev = [(st, self.ucur[:, st - 1:]) for st in _halvings(top // 2)]
-        self.ucol = self.ucur[:, top - 1:top]
-        self.Uc0, self.Uc1 = self.Uc[:, 0].view(K, -1), self.Uc[:, 1].view(K, -1)
-        self.Uc_lo, self.Uc_hi = self.Uc[:, :, :C // 2], self.Uc[:, :, C // 2:]
-        self.U_neg, self.U_pos = self.U[..., L:L + B], self.U[..., :B]
-        self.cw, self.cb = self.coef[:, 0], self.coef[:, 1]
-        self.r, self.ry = self.R[:, 1], self.R[:, 0]
-        self.PS_pre, self.PS_all = self.PS[..., 1:B + 1], self.PS[..., :B + 1]
-        self.PS_tot, self.PS_suf = self.PS[..., B:B + 1], self.PS[..., L:L + B + 1]
-        self.PS0, self.PS1 = self.PS[:, 0], self.PS[:, 1]
-
-    def load_block(self, xI, z, mu, sigma):
-        """NumPy arrays xI, z: (K, S, B, 1) chosen data points and noise for S steps;
-        mu, sigma: (K, 1, 1, 1)."""
-        xI, z, mu, sigma = xI[..., 0], z[..., 0], mu[..., 0], sigma[..., 0]
-        u = -(mu * xI + sigma * z)                            # u = -y, sorted ascending
-        perm = np.argsort(u, axis=2)
-        u = np.take_along_axis(u, perm, 2)
-        tz = np.take_along_axis(z, perm, 2) / sigma          # r = s(y) + z / sigma
-        K, S, B = u.shape
-        us = np.full((S, K, 2, self.L), np.inf, dtype=u.dtype)
-        us[..., :B] = u.transpose(1, 0, 2)[:, :, None, :]
-        self.us = _tensor(us.reshape(S, K, 2 * self.L), self.P)
-        self.ys = _tensor(-np.ascontiguousarray(u.transpose(1, 0, 2)), self.P)
-        self.tz = _tensor(np.ascontiguousarray(tz.transpose(1, 0, 2)), self.P)
-
-    def step(self, i, loss_out):
-        """One SGD step with the block's batch i; writes |r|_2 per member into loss_out (K,)."""
-        w, b, a, kap, idx, cmp = self.w, self.b, self.a, self.kap, self.idx, self.cmp
-        y = self.ys[i]
-        self.ucur.copy_(self.us[i])
-        if self.fixed_inner:
-            torch.mul(b, w, out=kap)                         # b / w for w = ±1
-        else:
-            torch.lt(w, 0, out=self.neg)
-            torch.div(b, w, out=kap)
-        # branch-free binary search from L [w < 0]: idx = L [w < 0] + #{j : u_j < kappa}
-        torch.lt(self.ucol, kap, out=cmp)
-        torch.add(cmp, self.neg, alpha=2, out=idx)
-        idx.mul_(self.top)
-        for st, u_st in self.ulev:
-            torch.gather(u_st, 1, idx, out=self.gv)
-            torch.lt(self.gv, kap, out=cmp)
-            idx.add_(cmp, alpha=st)
-        # forward: bucket v = (a w, a b) by idx, then with cum = cumsum over the table,
-        # coef[j] = sum_{w>=0, c>j} v + sum_{w<0, c<=j} v = cum[L + j] - cum[j]
-        torch.mul(w, a, out=self.v0)
-        torch.mul(b, a, out=self.v1)
-        torch.add(idx, self.offc, out=self.sidx)
-        self.Uc.zero_()
-        self.Uc0.scatter_add_(1, self.sidx, self.v0)
-        self.Uc1.scatter_add_(1, self.sidx, self.v1)
-        Uh = torch.add(self.Uc_lo, self.Uc_hi, out=self.Uh)
-        torch.add(Uh[:, :, 0], Uh[:, :, 1], out=self.U)     # (sum of the 4 copies)
-        self.U.cumsum_(2)
-        torch.sub(self.U_neg, self.U_pos, out=self.coef)
-        torch.addcmul(self.cb, self.cw, y, out=self.s)
-        torch.add(self.tz[i], self.s, alpha=1.0 / self.m, out=self.r)   # r = s(y) + z / sigma
-        torch.mul(self.r, y, out=self.ry)
-        torch.linalg.vector_norm(self.r, dim=1, out=loss_out)
-        # backward: S = f * sums of (r y, r) over each unit's active points (prefix or suffix)
-        torch.cumsum(self.R, 2, out=self.PS_pre)
-        torch.sub(self.PS_tot, self.PS_all, out=self.PS_suf)
-        self.PS.mul_(self.f)
-        torch.gather(self.PS0, 1, idx, out=self.S0)
-        torch.gather(self.PS1, 1, idx, out=self.S1)
-        # update (a last, since the others use its old value):
-        # a -= f (w S_ry + b S_r);  (w, b) -= f a (S_ry, S_r)  [theory model: b only, a projected]
-        torch.mul(w, self.S0, out=self.da)
-        self.da.addcmul_(b, self.S1)
-        if not self.fixed_inner:
-            w.addcmul_(a, self.S0, value=-1)
-        b.addcmul_(a, self.S1, value=-1)
-        a.sub_(self.da)
-        if self.fixed_inner:
-            a.clamp_(-self.bound, self.bound)
-
-
-def _tensor(a, like):
-    """A NumPy block as a tensor on ``like``'s device (zero-copy on the CPU)."""
-    return torch.from_numpy(a).to(like.device)
-
-
-def _halvings(st):
-    out = []
-    while st >= 1:
-        out.append(st)
-        st //= 2
-    return out
-
-
-class _Dense(_Packed):
-    """SGD step with batched matrix products, any dimension; hand-written gradients.
-
-    With Yb = [Y, 1] (K, B, d+1) and V = [W1^T; b] (K, d+1, m):
-    H = ReLU(Yb V) (K, B, m);  r = H W2^T / m + z / sigma  (K, B, d);
-    W2 <- W2 - f r^T H;   V <- V - f Yb^T ((r W2) * 1[H > 0])   (using the old W2).
-    """
-
-    def __init__(self, W1, b, W2, **kw):
-        super().__init__(W1, b, W2, **kw)
-        K, m, d, B = self.K, self.m, self.d, self.B
-        e = dict(dtype=self.P.dtype, device=self.P.device)
-        self.H = torch.empty(K, B, m, **e)
-        self.RW = torch.empty(K, B, m, **e)
-        self.outT = torch.empty(K, d, B, **e)
-        self.R = torch.empty(K, B, d, **e)
-        self.V, self.W2 = self.P[:, :d + 1], self.P[:, d + 1:]
-        self.HT, self.RT, self.outTT = self.H.transpose(1, 2), self.R.transpose(1, 2), \
-            self.outT.transpose(1, 2)
-
-    def load_block(self, xI, z, mu, sigma):
-        """NumPy arrays xI, z: (K, S, B, d) chosen data points and noise for S steps;
-        mu, sigma: (K, 1, 1, 1)."""
-        K, S, B, d = z.shape
-        Y = np.ones((S, K, B, d + 1), dtype=z.dtype)
-        Y[..., :d] = (mu * xI + sigma * z).transpose(1, 0, 2, 3)
-        self.Y = _tensor(Y, self.P)
-        self.YT = self.Y.transpose(2, 3)
-        self.tz = _tensor(np.ascontiguousarray((z / sigma).transpose(1, 0, 2, 3)), self.P)
-
-    def step(self, i, loss_out):
-        H, R, W2 = self.H, self.R, self.W2
-        Y = self.Y[i]
-        torch.bmm(Y, self.V, out=H)
-        H.relu_()
-        torch.bmm(W2, self.HT, out=self.outT)
-        torch.add(self.tz[i], self.outTT, alpha=1.0 / self.m, out=R)
-        torch.linalg.vector_norm(R, dim=(1, 2), out=loss_out)
-        R.mul_(self.f)
-        torch.bmm(R, W2, out=self.RW)                         # before W2 moves
-        G = _relu_mask_(self.RW, H)                           # (r W2) * 1[H > 0]
-        W2.baddbmm_(self.RT, H, alpha=-1)
-        if self.fixed_inner:
-            self.P[:, 1:2].baddbmm_(self.YT[i][:, 1:2], G, alpha=-1)   # theory: b only
-            W2.clamp_(-self.bound, self.bound)
-        else:
-            self.V.baddbmm_(self.YT[i], G, alpha=-1)
-
-
-def _relu_mask_(grad, act):
-    """grad * 1[act > 0], in place (one fused pass; ``act`` is the post-ReLU activation)."""
-    return torch.ops.aten.threshold_backward.grad_input(grad, act, 0, grad_input=grad)
-
-
-# ---------------------------------------------------------------------------------------------
-
-def _choose_method(method, dim, device):
-    if method == "auto":
-        return "sorted" if dim == 1 and device.type == "cpu" else "dense"
-    if method not in ("sorted", "dense"):
-        raise ValueError(f"method must be 'auto', 'sorted' or 'dense', got {method!r}")
-    if method == "sorted" and dim != 1:
-        raise ValueError("method='sorted' needs a 1-D net")
-    return method
-
-
-def _make_trainer(net, f, batch_size, method):
-    W1, b, W2 = (t.detach() for t in net._stacked())
-    cls = _Sorted1D if method == "sorted" else _Dense
-    return cls(W1, b, W2, fixed_inner=net.fixed_inner, bound=net.bound, f=f,
-               batch_size=batch_size)
-
-
-def _write_back(net, trainer):
-    with torch.no_grad():
-        W1, b, W2 = net._stacked()
-        nW1, nb, nW2 = trainer.parameters()
-        if not net.fixed_inner:
-            W1.copy_(nW1)
-        b.copy_(nb)
-        W2.copy_(nW2)
-
-
 def _lr_vector(lr, K, single):
     """(lr as reported, per-member float64 tensor (K,))."""
     t = _per_member_positive(lr, "lr", K, single)
@@ -367,12 +118,38 @@ def _training_generators(generator, K, single):
 def _draw_block(gens, n, B, d, dtype):
     """Batch indices (K, _BLOCK, B) and noise (K, _BLOCK, B, d) as NumPy arrays; member k draws
     ``randint(0, n, (_BLOCK, B))`` then ``randn(_BLOCK, B, d)`` from generator k."""
-    idx, noise = [], []
-    for g in gens:
-        idx.append(torch.randint(0, n, (_BLOCK, B), generator=g, device=g.device).cpu().numpy())
-        noise.append(torch.randn(_BLOCK, B, d, generator=g, dtype=dtype, device=g.device)
-                     .cpu().numpy())
-    return np.stack(idx), np.stack(noise)
+    K = len(gens)
+    idx = np.empty((K, _BLOCK, B), dtype=np.int64)
+    noise = np.empty((K, _BLOCK, B, d), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    for k, g in enumerate(gens):
+        if g.device.type == "cpu":                            # straight into the block
+            torch.randint(0, n, (_BLOCK, B), generator=g, out=torch.from_numpy(idx[k]))
+            torch.randn(_BLOCK, B, d, generator=g, dtype=dtype, out=torch.from_numpy(noise[k]))
+        else:
+            idx[k] = torch.randint(0, n, (_BLOCK, B), generator=g, device=g.device).cpu()
+            noise[k] = torch.randn(_BLOCK, B, d, generator=g, dtype=dtype, device=g.device).cpu()
+    return idx, noise
+
+
+def _block_source(gens, x, mu, sigma, B, dtype):
+    """``draw(k0, k1, S)``: the random block of members k0..k1-1 as NumPy arrays, the first S of
+    its ``_BLOCK`` steps: chosen points xI and noise z (Kc, S, B, d), mu and sigma (Kc, 1, 1, 1).
+
+    x: shared data (n, d) or per-member data (K, n, d); mu, sigma: (K,) float64 tensors. Member
+    k's block comes from generator k alone, whichever members are drawn together.
+    """
+    n, d = x.shape[-2:]
+    x_np = x.cpu().numpy()
+    mu, sigma = (v.to(dtype).view(-1, 1, 1, 1).numpy() for v in (mu, sigma))
+    shared = x.dim() == 2
+
+    def draw(k0, k1, S):
+        I, Z = _draw_block(gens[k0:k1], n, B, d, dtype)
+        I = I[:, :S]
+        xI = x_np[I] if shared else x_np[np.arange(k0, k1).reshape(-1, 1, 1), I]
+        return xI, Z[:, :S], mu[k0:k1], sigma[k0:k1]
+
+    return draw
 
 
 def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean",
@@ -421,10 +198,15 @@ def train_sgd(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean
     converge, it fluctuates around a minimum, and the average estimates that minimum.
 
     Returns a :class:`TrainResult`. On KeyboardInterrupt the net keeps the parameters of the last
-    completed step and the interrupt is re-raised (SIGINT is held back during a step).
+    completed block of 256 steps in 1-D on the CPU with numba (the compiled kernel runs whole
+    blocks), of the last completed step otherwise; SIGINT is held back until then, a member left
+    non-finite is restored as for a divergence (the net holds no NaN), and the interrupt is
+    re-raised.
 
     Speed: in 1-D on the CPU an exact O(m log B) step without any (B x m) array (see the module
-    docstring); otherwise batched matrix products. Gradients are written by hand (no autograd).
+    docstring), compiled with numba where it is installed and run on ``torch.get_num_threads()``
+    threads (torch's own operations run on one thread meanwhile; the setting is restored);
+    otherwise batched matrix products. Gradients are written by hand (no autograd).
     See chapter 4, "The model and SGD".
     """
     return _train(net, data, mu, sigma, lr=lr, steps=steps, batch_size=batch_size,
@@ -437,7 +219,7 @@ _REDUCTIONS = ("mean", "sum", "mean_all")
 
 
 def _step_factor(reduction, lr_vec, B, d):
-    """Per-member factor ``f = 2 c lr`` of the packed step (see the comment above ``_Packed``).
+    """Per-member factor ``f = 2 c lr`` of the packed step (see dsmlib/_steps.py).
 
     ``c = 1/B`` for the batch mean, ``1`` for the sum; ``"mean_all"`` is the mean at ``lr / d``.
     Returns ``(f, c)``, ``c`` being the factor that turns the squared residual norm into the
@@ -538,12 +320,7 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
     f, c = _step_factor(reduction, lr_vec, B, net.dim)
     trainer = _make_trainer(net, f, B, method)
     n, d = x.shape[-2:]
-    # the random block is prepared in NumPy (single-threaded, see _Sorted1D) and then moved
-    x_np = x.cpu().numpy()
-    mu, sigma = (v.to(dtype).view(K, 1, 1, 1).numpy() for v in (mu, sigma))
-    member = np.arange(K).reshape(K, 1, 1)
-    pick = (lambda I: x_np[I]) if x.dim() == 2 else (lambda I: x_np[member, I])  # (K, S, B, d)
-
+    draw = _block_source(gens, x, mu, sigma, B, dtype)
     diverged = torch.zeros(K, dtype=torch.bool)
     div_step = torch.full((K,), -1, dtype=torch.long)
     snap = trainer.flat().clone()
@@ -559,19 +336,20 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
         bar = tqdm(total=steps, unit="step", desc=f"SGD x{K}", leave=False)
 
     done = 0
+    threads = torch.get_num_threads()
     try:
+        if method in ("numba", "sorted"):
+            # the 1-D steps' own torch operations (and the bookkeeping below) are small: on one
+            # thread they open no OpenMP region, which stalls on a busy machine (the kernel
+            # runs on its own threads, counted before)
+            torch.set_num_threads(1)
         with torch.no_grad(), _HoldInterrupts() as hold:
             while done < steps:
                 S = min(_BLOCK, steps - done)
-                I, Z = _draw_block(gens, n, B, d, dtype)
-                trainer.load_block(pick(I[:, :S]), Z[:, :S], mu, sigma)
-                for i in range(S):
-                    trainer.step(i, loss_blk[i])
-                    if avg_sum is not None and done + i >= avg_from:
-                        avg_sum.add_(trainer.flat())
-                    if hold.pending:
-                        done += i + 1
-                        raise KeyboardInterrupt
+                ran = trainer.run_block(draw, S, done - avg_from, loss_blk, avg_sum, hold)
+                if ran < S:                                    # interrupted inside the block
+                    done += ran
+                    raise KeyboardInterrupt
                 losses = loss_blk[:S].square().mul_(c).to(device="cpu", dtype=torch.float64)
                 _check_divergence(trainer, snap, losses, done, thr, diverged, div_step)
                 # per-step losses -> interval means; NaN from the divergence step onwards
@@ -595,10 +373,12 @@ def _train(net, data, mu, sigma, *, lr, steps, batch_size=50, reduction="mean", 
                 if hold.pending:
                     raise KeyboardInterrupt
     finally:
+        trainer.close()
         with torch.no_grad():
             trainer.finish()
             _sanitize(trainer, snap, thr, diverged, div_step, done)
             _write_back(net, trainer)
+        torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
 
@@ -629,6 +409,10 @@ def _averaged_net(net, trainer, mean_flat, diverged):
         W1, b, W2 = W1[0], b[0], W2[0]
     return TwoLayerScoreNet.from_parameters(W1, b, W2, fixed_inner=net.fixed_inner,
                                             bound=net.bound)
+
+
+class _NoInterrupt:
+    pending = False
 
 
 class _HoldInterrupts:
@@ -711,14 +495,20 @@ def _sgd_step(net, x_batch, noise, mu, sigma, lr, *, reduction="mean", method="a
     f, c = _step_factor(reduction, lr_vec, B, net.dim)
     method = _choose_method(method, net.dim, net.W2.device)
     trainer = _make_trainer(net, f, B, method)
-    loss = torch.empty(K, dtype=net.W2.dtype, device=net.W2.device)
+    loss = torch.empty(1, K, dtype=net.W2.dtype, device=net.W2.device)
     mu, sigma = (_per_member_positive(v, n, K, single).to(xb.dtype).view(K, 1, 1, 1).numpy()
                  for v, n in ((mu, "mu"), (sigma, "sigma")))
-    with torch.no_grad():
-        trainer.load_block(xb.unsqueeze(1).cpu().numpy(), zb.unsqueeze(1).cpu().numpy(), mu,
-                           sigma)
-        trainer.step(0, loss)
-        trainer.finish()
-        _write_back(net, trainer)
-    loss = loss.square() * c
+    xb, zb = xb.unsqueeze(1).cpu().numpy(), zb.unsqueeze(1).cpu().numpy()   # (K, 1, B, d)
+
+    def draw(k0, k1, S):
+        return xb[k0:k1], zb[k0:k1], mu[k0:k1], sigma[k0:k1]
+
+    try:
+        with torch.no_grad():
+            trainer.run_block(draw, 1, -1, loss, None, _NoInterrupt)
+            trainer.finish()
+            _write_back(net, trainer)
+    finally:
+        trainer.close()
+    loss = loss[0].square() * c
     return loss[0] if single else loss

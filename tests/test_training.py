@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from dsmlib import training
+from dsmlib import _steps, training
 from dsmlib.networks import TwoLayerScoreNet, make_generators
 from dsmlib.training import TrainResult, _sgd_step, _train, train_sgd
+
+needs_numba = pytest.mark.skipif(not _steps.kernel_available(),
+                                 reason="numba is not installed (the compiled 1-D kernel)")
 
 F64 = torch.float64
 MU, SIGMA = 0.9, 0.4
@@ -74,6 +77,9 @@ def _params(net):
     ("sorted", 1, False, "mean"), ("sorted", 1, True, "mean"), ("sorted", 1, False, "sum"),
     ("dense", 1, False, "mean"), ("dense", 1, True, "mean"), ("dense", 3, False, "mean"),
     ("dense", 3, False, "sum"),
+    pytest.param("numba", 1, False, "mean", marks=needs_numba),
+    pytest.param("numba", 1, True, "mean", marks=needs_numba),
+    pytest.param("numba", 1, False, "sum", marks=needs_numba),
 ])
 def test_one_step_matches_autograd(method, dim, fixed_inner, reduction):
     K, B = 3, 13
@@ -99,14 +105,15 @@ def test_one_step_single_net_and_per_member_lr():
             torch.testing.assert_close(got, ref, rtol=0, atol=1e-15)
 
 
-def test_units_with_zero_inner_weight():
+@pytest.mark.parametrize("method", ["sorted", pytest.param("numba", marks=needs_numba)])
+def test_units_with_zero_inner_weight(method):
     net = _net(8, ensemble=1, seed=5)
     with torch.no_grad():
         net.W1[0, :4, 0] = torch.tensor([0.0, 0.0, 0.0, -0.0], dtype=F64)
         net.b[0, :4] = torch.tensor([1.5, -1.0, 0.0, 0.7], dtype=F64)
     xb, zb = _batch(1, 10, 1, seed=6)
     expect, _ = _reference_step(net, xb, zb, 0.1)
-    _sgd_step(net, xb, zb, MU, SIGMA, 0.1, method="sorted")
+    _sgd_step(net, xb, zb, MU, SIGMA, 0.1, method=method)
     for got, ref in zip(_params(net), expect):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
@@ -323,6 +330,7 @@ def test_result_fields_and_logging():
 
 
 def test_keyboard_interrupt_leaves_the_last_completed_step(monkeypatch):
+    monkeypatch.setenv("DSMLIB_NO_NUMBA", "1")            # the torch path stops at a step
     data = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(92))
     original = training._Sorted1D.step
     calls = {"n": 0}
@@ -391,7 +399,7 @@ def test_single_net_needs_scalars_and_shared_data():
 # reduction="mean_all" and iterate averaging
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["dense", "sorted"])
+@pytest.mark.parametrize("method", ["dense", "sorted", pytest.param("numba", marks=needs_numba)])
 def test_mean_all_step_matches_autograd_of_mse(method):
     dim = 3 if method == "dense" else 1
     net = _net(dim=dim, ensemble=2)
@@ -475,3 +483,175 @@ def test_tail_average_of_a_diverged_member_is_its_frozen_parameters():
     for p, q in zip(_params(res.averaged), _params(net)):
         assert torch.equal(p[0], q[0])
         assert torch.isfinite(p).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled 1-D kernel (numba) and the pure-torch fallback
+# ---------------------------------------------------------------------------------------------
+
+def _run(monkeypatch, numba, dtype, *, K=37, fixed_inner=False, per_member=False, steps=600,
+         average_last=300, lr=None, threads=1):
+    """train_sgd on the kernel (numba=True) or the torch path; everything it returns."""
+    monkeypatch.setenv("DSMLIB_NO_NUMBA", "0" if numba else "1")
+    g = torch.Generator().manual_seed(7)
+    data = torch.randn(K, 9, generator=g, dtype=dtype) if per_member else \
+        torch.randn(11, generator=g, dtype=dtype)
+    lr = [0.02 + 0.3 * k / K for k in range(K)] if lr is None else lr
+    mu = [0.9 - 0.3 * k / K for k in range(K)] if per_member else MU
+    sigma = [0.3 + 0.4 * k / K for k in range(K)] if per_member else SIGMA
+    net = TwoLayerScoreNet(40, ensemble=K, fixed_inner=fixed_inner,
+                           bound=0.7 if fixed_inner else None,
+                           generator=make_generators(range(K)), dtype=dtype)
+    torch.set_num_threads(threads)
+    res = train_sgd(net, data, mu, sigma, lr=lr, steps=steps, batch_size=13, log_every=50,
+                    average_last=average_last, generator=make_generators(range(50, 50 + K)))
+    torch.set_num_threads(1)
+    out = _params(net) + [res.loss_history, res.diverged, res.diverged_step]
+    return out + (_params(res.averaged) if average_last else [])
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("fixed_inner, per_member", [(False, False), (True, False),
+                                                     (False, True)])
+def test_kernel_reproduces_the_torch_path_bit_for_bit(monkeypatch, dtype, fixed_inner,
+                                                      per_member):
+    """The compiled kernel and the torch step agree exactly (tolerance 0), float32 and float64:
+    parameters, losses, divergence flags and tail averages, over blocks of a 37-member ensemble
+    (several kernel chunks) with one diverging member; and on 2 threads as on 1."""
+    K = 37
+    lr = [0.02 + 0.3 * k / K for k in range(K)]
+    lr[5] = 1e4                                          # diverges in the first block
+    kw = dict(K=K, fixed_inner=fixed_inner, per_member=per_member, lr=lr)
+    torch_path = _run(monkeypatch, False, dtype, **kw)
+    kernel = _run(monkeypatch, True, dtype, **kw)
+    if not fixed_inner:
+        assert kernel[4].tolist() == [k == 5 for k in range(K)]      # res.diverged
+    for got, ref in zip(kernel, torch_path):
+        assert _same(got, ref)
+    two_threads = _run(monkeypatch, True, dtype, threads=2, **kw)
+    for got, ref in zip(two_threads, kernel):
+        assert _same(got, ref)
+
+
+def _same(a, b):
+    """Equal dtype and values, NaN equal to NaN."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        return torch.equal(torch.isnan(a), torch.isnan(b)) and \
+            torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+    return torch.equal(a, b)
+
+
+@needs_numba
+@pytest.mark.parametrize("batch_size, width", [(1, 5), (2, 1), (3, 17), (7, 17), (8, 9),
+                                               (64, 33), (300, 20)])
+def test_kernel_and_torch_path_agree_for_any_batch_and_width(monkeypatch, batch_size, width):
+    """Batch sizes around the search's table sizes (B + 1 a power of two or not, one group or
+    several) and tiny widths: the kernel equals the torch step exactly."""
+    data = torch.randn(6, generator=torch.Generator().manual_seed(3))
+    out = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("DSMLIB_NO_NUMBA", flag)
+        net = TwoLayerScoreNet(width, ensemble=3, generator=make_generators([1, 2, 3]))
+        res = train_sgd(net, data, MU, SIGMA, lr=[0.01, 0.1, 0.3], steps=40,
+                        batch_size=batch_size, generator=make_generators([4, 5, 6]))
+        out.append(_params(net) + [res.loss_history])
+    for got, ref in zip(*out):
+        assert _same(got, ref)
+
+
+def test_torch_path_in_chunks_equals_one_piece(monkeypatch):
+    """Large ensembles run the torch step in chunks below torch's parallel grain; the result
+    is the same as in one piece."""
+    whole = _run(monkeypatch, False, F64, K=7, steps=300, average_last=20)
+    monkeypatch.setattr(_steps, "_GRAIN", 2 * 40)            # chunks of 2 members of width 40
+    assert len(_steps.make_trainer(TwoLayerScoreNet(40, ensemble=7), torch.ones(7), 13,
+                                   "sorted").parts) == 4
+    chunked = _run(monkeypatch, False, F64, K=7, steps=300, average_last=20)
+    for got, ref in zip(chunked, whole):
+        assert torch.equal(got, ref)
+
+
+def test_method_choice_and_the_no_numba_switch(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("DSMLIB_NO_NUMBA", "1")
+    assert _steps.choose_method("auto", 1, cpu) == "sorted"
+    assert _steps.choose_method("auto", 3, cpu) == "dense"
+    with pytest.raises(RuntimeError, match="numba"):
+        _steps.choose_method("numba", 1, cpu)
+    with pytest.raises(ValueError, match="1-D"):
+        _steps.choose_method("numba", 2, cpu)
+    with pytest.raises(ValueError, match="method"):
+        _steps.choose_method("fast", 1, cpu)
+    monkeypatch.setenv("DSMLIB_NO_NUMBA", "0")
+    expect = "numba" if _steps.kernel_available() else "sorted"
+    assert _steps.choose_method("auto", 1, cpu) == expect
+
+
+def _round_once(exact, dtype):
+    """Rationals rounded to nearest (ties to even) in dtype, as a tensor."""
+    from fractions import Fraction
+    np_t = np.float32 if dtype == torch.float32 else np.float64
+    out = []
+    for e in exact:
+        c = np_t(float(e))                  # float(Fraction) is correctly rounded to float64
+        cands = [c, np.nextafter(c, np_t(np.inf)), np.nextafter(c, np_t(-np.inf))]
+        dist = [abs(Fraction(float(v)) - e) for v in cands]
+        best = min(dist)
+        ties = [v for v, dv in zip(cands, dist) if dv == best]
+        even = [v for v in ties if int(np.array(v).view(np.uint32 if np_t is np.float32
+                                                        else np.uint64)) % 2 == 0]
+        out.append((even or ties)[0])
+    return torch.from_numpy(np.array(out, dtype=np_t))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_torch_fuses_what_the_kernel_assumes(dtype):
+    """The probe says which torch operations round once; check it on other inputs: torch.addcmul
+    and torch.add with alpha against x y + z rounded once (exact rationals) or twice."""
+    from fractions import Fraction
+    from dsmlib import _kernel1d
+    add, mul = _kernel1d.torch_fuses(dtype)
+    g = torch.Generator().manual_seed(0)
+    x, y, z = (torch.randn(300, generator=g, dtype=F64).to(dtype) for _ in range(3))
+    alpha = torch.full_like(x, 0.7)
+
+    def once(u, v, w):
+        return _round_once([Fraction(a) * Fraction(b) + Fraction(c) for a, b, c in
+                            zip(u.tolist(), v.tolist(), w.tolist())], dtype)
+
+    assert not torch.equal(once(x, y, z), x * y + z)           # the check tells them apart
+    assert torch.equal(torch.addcmul(z, x, y), once(x, y, z) if mul else x * y + z)
+    assert torch.equal(torch.add(z, x, alpha=0.7), once(x, alpha, z) if add else x * alpha + z)
+
+
+@needs_numba
+def test_kernel_interrupt_leaves_the_last_completed_block(monkeypatch):
+    """The kernel runs whole blocks: SIGINT during block 2 stops the run after block 2."""
+    monkeypatch.setenv("DSMLIB_NO_NUMBA", "0")
+    data = torch.randn(6, dtype=F64, generator=torch.Generator().manual_seed(92))
+    original = _steps._Kernel1D.run_block
+    calls = {"n": 0}
+
+    def run_block(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(_steps._Kernel1D, "run_block", run_block)
+    handler = signal.getsignal(signal.SIGINT)
+    net = _net(16, ensemble=2, seed=93)
+    with pytest.raises(KeyboardInterrupt):
+        train_sgd(net, data, MU, SIGMA, lr=0.05, steps=2000, generator=make_generators([1, 2]))
+    monkeypatch.setattr(_steps._Kernel1D, "run_block", original)
+    assert calls["n"] == 2
+    ref = _net(16, ensemble=2, seed=93)
+    train_sgd(ref, data, MU, SIGMA, lr=0.05, steps=2 * training._BLOCK,
+              generator=make_generators([1, 2]))
+    for p, q in zip(_params(net), _params(ref)):
+        assert torch.equal(p, q)
+    assert signal.getsignal(signal.SIGINT) is handler

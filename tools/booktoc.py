@@ -74,12 +74,13 @@ def repository_url(root: Path = ROOT) -> str:
 
 def colab_install_cell(url: str | None = None) -> str:
     """The source of every notebook's first code cell: on Colab (which has only the notebook),
-    install dsmlib from the repository; elsewhere do nothing. Tagged ``remove-cell`` in the book."""
+    install dsmlib with the ``book`` extra (pandas, myst-nb, ipywidgets) from the repository;
+    elsewhere do nothing. Tagged ``remove-cell`` in the book."""
     url = repository_url() if url is None else url
     return (
         "import sys\n"
         'if "google.colab" in sys.modules:  # install the companion library when running on Colab\n'
         "    import subprocess\n"
         '    subprocess.run([sys.executable, "-m", "pip", "install", "-q",\n'
-        f'                    "git+{url}"], check=True)'
+        f'                    "dsmlib[book] @ git+{url}"], check=True)'
     )
