@@ -8,11 +8,13 @@ r"""Memorization metrics: MMD, nearest-neighbour distances and ratio, the fitted
   large-learning-rate samples resemble in Fig. 3.
 
 All pairwise computations are done in row blocks, so ``N, M`` of a few ``10^4`` fit in memory.
-See chapter 3, "Measuring memorization", and chapters 8–9.
+See chapter 3, "Measuring memorization", and the experiment chapters ("Large learning rates
+memorize less", "Higher dimension memorizes less").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,9 +51,27 @@ def _row_block(n_cols: int, chunk_size) -> int:
 
 
 def _sq_dists(a, b):
-    """``|a_i - b_j|^2`` for ``a`` (p, d), ``b`` (q, d), via the Gram expansion, clamped at 0."""
+    """``|a_i - b_j|^2`` for ``a`` (p, d), ``b`` (q, d), via the Gram expansion, clamped at 0.
+
+    Where the squares overflow (points beyond ~1e19 in float32), the block is recomputed in
+    float64 from the points divided by their largest magnitude ``c`` and multiplied back by
+    ``c^2``: a distance beyond the dtype's range is then ``inf`` (kernel value 0), never NaN."""
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return d2.clamp_min_(0.0)
+    d2 = d2.clamp_min_(0.0)
+    if not bool(torch.isfinite(d2).all()):
+        d2 = _sq_dists_direct(a, b)
+    return d2
+
+
+def _sq_dists_direct(a, b):
+    """``|a_i - b_j|^2`` from the differences (``inf`` where it overflows, never NaN), in
+    sub-blocks of rows so the (p, q, d) differences stay about ``_BLOCK_ELEMENTS`` entries."""
+    out = torch.empty(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
+    rows = max(1, _BLOCK_ELEMENTS // max(b.shape[0] * a.shape[1], 1))
+    for start in range(0, a.shape[0], rows):
+        diff = a[start:start + rows, None, :] - b[None, :, :]
+        out[start:start + rows] = (diff * diff).sum(-1)
+    return out
 
 
 def _kernel_sum(a, b, bandwidth, chunk_size, same: bool):
@@ -92,7 +112,11 @@ def mmd(x, y, bandwidth: float = 1.0, *, unbiased: bool = True, chunk_size: int 
     xs, _ = _points(x, "x", min_points=2)
     ys, _ = _points(y, "y", min_points=2)
     xs, ys = _common(xs, ys, "x", "y")
-    centre = torch.cat([xs, ys]).mean(0)  # the kernel is translation invariant; centring keeps
+    bandwidth = _checks.noise_scale(bandwidth, "bandwidth", xs.dtype)   # 1/bandwidth^2 finite
+    both = torch.cat([xs, ys])
+    centre = both.mean(0)                 # the kernel is translation invariant; centring keeps
+    if not bool(torch.isfinite(centre).all()):      # (the sum overflows for points near the
+        centre = (both / both.shape[0]).sum(0)      # dtype's largest value)
     xs, ys = xs - centre, ys - centre     # the Gram expansion accurate for data far from 0
     n, m = xs.shape[0], ys.shape[0]
     kxx = _kernel_sum(xs, xs, bandwidth, chunk_size, same=unbiased)
@@ -121,14 +145,19 @@ def nearest_neighbor_distances(samples, data, k: int = 2, *, chunk_size: int | N
     if k > xd.shape[0]:
         raise ValueError(f"k must be <= the number of training points ({xd.shape[0]}), got {k}")
     rows = _row_block(xd.shape[0] * xd.shape[1], chunk_size)
-    dists, idx = [], []
-    for start in range(0, xs.shape[0], rows):
-        blk = xs[start:start + rows]
-        d = torch.cdist(blk, xd, compute_mode="donot_use_mm_for_euclid_dist")
-        v, i = torch.topk(d, k, dim=1, largest=False, sorted=True)
-        dists.append(v)
-        idx.append(i)
-    return torch.cat(dists), torch.cat(idx)
+    N = xs.shape[0]
+    if N <= rows:
+        d = torch.cdist(xs, xd, compute_mode="donot_use_mm_for_euclid_dist")
+        return torch.topk(d, k, dim=1, largest=False, sorted=True)[:2]
+    # blocks of rows written into preallocated outputs (no list of pieces: bounded, steady memory)
+    dists = torch.empty(N, k, dtype=xs.dtype, device=xs.device)
+    idx = torch.empty(N, k, dtype=torch.long, device=xs.device)
+    for start in range(0, N, rows):
+        d = torch.cdist(xs[start:start + rows], xd, compute_mode="donot_use_mm_for_euclid_dist")
+        torch.topk(d, k, dim=1, largest=False, sorted=True,
+                   out=(dists[start:start + rows], idx[start:start + rows]))
+        del d
+    return dists, idx
 
 
 def memorization_fraction(samples, data, ratio: float = 1 / 3, *,
@@ -190,8 +219,19 @@ def fitted_gaussian(data) -> FittedGaussian:
     """
     x, was_1d = _points(data, "data", min_points=2)
     mean = x.mean(0)
+    if not bool(torch.isfinite(mean).all()):        # the sum overflows near the dtype's maximum
+        mean = (x / x.shape[0]).sum(0)
     xc = x - mean
     cov = xc.T @ xc / (x.shape[0] - 1)
+    if not bool(torch.isfinite(cov).all()):
+        # entries beyond the dtype's range: +-inf, not the NaN of inf - inf in the product
+        c = float(xc.abs().max())
+        if not math.isfinite(c):
+            raise ValueError("data spans more than the dtype's range (x - mean overflows); "
+                             "rescale the data")
+        u = xc.to(torch.float64) / c
+        g = u.T @ u / (x.shape[0] - 1)
+        cov = torch.where(g == 0, torch.zeros_like(g), g * c * c).to(x.dtype)
     return FittedGaussian(mean, cov, xc, was_1d)
 
 

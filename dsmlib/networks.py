@@ -36,17 +36,17 @@ _FORWARD_CHUNK_ELEMENTS = 1 << 22
 def make_generators(seeds, device=None) -> list:
     """One seeded ``torch.Generator`` per seed.
 
-    seeds: a sequence of non-negative integers (e.g. ``range(30)``). device: where the generators
+    seeds: a sequence of integers in ``[0, 2**64)`` (e.g. ``range(30)``). device: where the generators
     live (default CPU). Returns a list of ``len(seeds)`` generators; generator ``k`` is seeded with
     ``seeds[k]``, so member ``k`` of an ensemble built or trained with this list is reproducible on
     its own with ``make_generators([seeds[k]])[0]``.
     """
     if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
         raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}")
-    seeds = [_checks.integer(s, "seeds[i]", 0) for s in seeds]
+    seeds = [_checks.seed(s, f"seeds[{i}]") for i, s in enumerate(seeds)]
     if not seeds:
         raise ValueError("seeds is empty")
-    dev = torch.device("cpu") if device is None else torch.device(device)
+    dev = torch.device("cpu") if device is None else _checks.device(device)
     return [torch.Generator(device=dev).manual_seed(s) for s in seeds]
 
 
@@ -135,7 +135,7 @@ class TwoLayerScoreNet(nn.Module):
         count = 1 if ensemble is None else ensemble
         gens = _member_generators(generator, count)
 
-        dev = torch.empty(0).device if device is None else torch.device(device)
+        dev = torch.empty(0).device if device is None else _checks.device(device)
         draws = [_init_member(width, dim, fixed_inner, bound, g) for g in gens]
         W1 = torch.stack([w1.to(device=dev) for w1, _ in draws]).to(dtype)
         W2 = torch.stack([w2.to(device=dev) for _, w2 in draws]).to(dtype)
@@ -217,15 +217,18 @@ class TwoLayerScoreNet(nn.Module):
         K, m = W1.shape[0], self.width
         N = y2.shape[0]
         chunk = max(1, _FORWARD_CHUNK_ELEMENTS // (K * m))
-        outs = []
-        for start in range(0, N, chunk):
-            yc = y2[start:start + chunk].expand(K, -1, -1)              # (K, n_c, d)
-            h = torch.baddbmm(b.unsqueeze(1), yc, W1.transpose(1, 2))   # (K, n_c, m)
-            outs.append(torch.bmm(torch.relu(h), W2.transpose(1, 2)))   # (K, n_c, d)
-        if not outs:                                                    # N == 0
-            outs = [y2.new_zeros(K, 0, self.dim)]
-        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-        out = (out / m).reshape(K, *out_shape)
+
+        def block(yc):                                                  # (n_c, d) -> (K, n_c, d)
+            h = torch.baddbmm(b.unsqueeze(1), yc.expand(K, -1, -1), W1.transpose(1, 2))
+            return torch.bmm(h.relu_(), W2.transpose(1, 2))             # h: (K, n_c, m)
+
+        if N <= chunk:
+            out = block(y2)
+        else:   # many points: blocks written into one preallocated output (bounded memory)
+            out = y2.new_empty(K, N, self.dim)
+            for start in range(0, N, chunk):
+                out[:, start:start + chunk] = block(y2[start:start + chunk])
+        out = _checks.network_output((out / m).reshape(K, *out_shape), self)
         return out[0] if self.ensemble is None else out
 
     def forward_members(self, y):
@@ -258,7 +261,7 @@ class TwoLayerScoreNet(nn.Module):
             else:
                 h = torch.baddbmm(b.unsqueeze(1), yc, W1.transpose(1, 2))    # (K, n_c, m)
             out[:, start:start + chunk] = torch.bmm(h.relu_(), W2.transpose(1, 2))
-        return (out / m).reshape(shape)
+        return _checks.network_output((out / m).reshape(shape), self)
 
     # ------------------------------------------------------------------ inspection
     def kinks(self) -> torch.Tensor:
@@ -308,11 +311,7 @@ class TwoLayerScoreNet(nn.Module):
 
 
 def _float_dtype(dtype):
-    if dtype is None:
-        return torch.get_default_dtype()
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return dtype
+    return _checks.float_dtype(dtype)
 
 
 def active_fraction(net, data, mu):
@@ -329,6 +328,7 @@ def active_fraction(net, data, mu):
     """
     if not isinstance(net, TwoLayerScoreNet):
         raise TypeError(f"net must be a TwoLayerScoreNet, got {type(net).__name__}")
+    _checks.finite_parameters("net", **dict(zip(("W1", "b", "W2"), net._stacked())))
     W1, b, _ = (p.detach().to(torch.float64) for p in net._stacked())   # (K, m, d), (K, m)
     K, d = W1.shape[0], net.dim
     x = _checks.as_tensor(data, "data", dtype=torch.float64, device=W1.device)

@@ -45,7 +45,6 @@ setting" button); on a grid setting it reproduces the stored cell.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -58,7 +57,7 @@ import numpy as np
 import torch
 
 from . import _checks
-from .io import config_to_dict, load_results, save_results
+from .io import check_writable, config_to_dict, load_results, save_results
 from .metrics import memorization_fraction
 from .networks import TwoLayerScoreNet, active_fraction, make_generators
 from .optimal import optimal_score
@@ -589,6 +588,7 @@ def regenerate(path=None, config: PlaygroundConfig = PlaygroundConfig(), *, verb
     """Compute the grid and write it atomically to ``path`` (default: the packaged file)."""
     if path is None:
         path = Path(str(grid_path()))
+    check_writable(path)                      # before the long computation, not after it
     start, cpu = time.perf_counter(), time.process_time()
     env = environment()
     arrays = compute_grid(config, verbose=verbose)
@@ -599,8 +599,14 @@ def regenerate(path=None, config: PlaygroundConfig = PlaygroundConfig(), *, verb
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dsmlib.playground",
+    """Command line (``python -m dsmlib.playground --help``). Every expected failure (a missing
+    or unreadable grid file, an output that cannot be written, a bad option) is one line on
+    stderr and a non-zero exit status; ``--debug`` shows the traceback instead."""
+    from ._cli import OneLineParser, run_guarded
+
+    prog = "python -m dsmlib.playground"
+    parser = OneLineParser(
+        prog=prog,
         description="Regenerate the precomputed grid of the book's playground chapter.")
     parser.add_argument("--regenerate", action="store_true",
                         help="train every cell of the grid and write the grid file")
@@ -611,20 +617,30 @@ def main(argv=None) -> int:
                         help="torch CPU threads (default 1: the work is many small operations)")
     parser.add_argument("--check", action="store_true",
                         help="only check that the packaged grid file loads and matches the config")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback instead of one line")
     args = parser.parse_args(argv)
-    if args.check:
-        grid = load_grid(args.out)
-        print(f"ok: {grid_path() if args.out is None else args.out} "
-              f"(dsmlib {grid.meta.get('version')}, {grid.meta.get('extra')})")
-        return 0
-    if not args.regenerate:
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.check and args.regenerate:
+        parser.error("choose one of --check and --regenerate")
+    if not (args.check or args.regenerate):
         parser.print_help()
         return 2
-    torch.set_num_threads(max(1, args.threads))
-    path = regenerate(args.out)
-    size = Path(path).stat().st_size
-    print(f"wrote {path} ({size / 1e6:.2f} MB)")
-    return 0
+
+    def body():
+        if args.check:
+            grid = load_grid(args.out)
+            print(f"ok: {grid_path() if args.out is None else args.out} "
+                  f"(dsmlib {grid.meta.get('version')}, {grid.meta.get('extra')})")
+            return 0
+        torch.set_num_threads(args.threads)
+        path = regenerate(args.out)
+        size = Path(path).stat().st_size
+        print(f"wrote {path} ({size / 1e6:.2f} MB)")
+        return 0
+
+    return run_guarded(prog, body, args.debug, interrupted="interrupted: nothing was written")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from . import _checks
 __all__ = ["tv_weight_pieces", "tv_weight", "weighted_tv"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_PAIR_BLOCK_ELEMENTS = 1 << 22   # entries of a (rows, n) block of a pairwise computation
+_CUBE_LIMIT = 1e100              # |x| whose cubed posterior deviations stay finite in float64
 
 
 def _data_1d(data, min_points=2):
@@ -29,8 +31,22 @@ def _data_1d(data, min_points=2):
     return torch.sort(_checks.data_1d(data, min_points=min_points)).values
 
 
-def _noise(mu, sigma):
-    return _checks.positive(mu, "mu"), _checks.positive(sigma, "sigma")
+def _noise(mu, sigma, dtype=torch.float64):
+    """``(mu, sigma)`` as floats, checked by :func:`dsmlib._checks.noise` for ``dtype``."""
+    _checks.positive(mu, "mu")
+    _checks.positive(sigma, "sigma")
+    return _checks.noise(mu, sigma, dtype)
+
+
+def _check_magnitude(v, dtype, name="data"):
+    """The weight pi sums ``n`` values of ``mu x``: refuse data so large that the sums overflow."""
+    top = float(v.abs().max()) * v.numel()
+    limit = torch.finfo(dtype).max / 16.0
+    if not top <= limit:
+        kind = str(dtype).replace("torch.", "")
+        raise ValueError(f"{name} is too large for this computation in {kind}: n mu max(abs(x)) = "
+                         f"{top:.3g} exceeds {limit:.3g} (its sums would overflow); rescale the "
+                         f"data")
 
 
 
@@ -71,23 +87,51 @@ def tv_weight_pieces(u, data, mu):
     with ``N(0, sigma^2)``. u: tensor of any shape; data: (n,). Returns two tensors shaped like u.
     Cost O(N n).
     """
-    mu = _checks.positive(mu, "mu")
+    _checks.positive(mu, "mu")
     x = _data_1d(data)
     uu = _checks.as_tensor(u, "u", allow_empty=True)
     dtype = torch.promote_types(uu.dtype, x.dtype)
+    mu = _checks.noise_scale(mu, "mu", dtype)
     uu, v = uu.to(dtype), (mu * x).to(dtype=dtype, device=uu.device)
+    _check_magnitude(v, dtype)
     n = v.numel()
-    diff = uu.reshape(-1, 1) - v[None, :]                                    # (N, n)
-    left, right = (diff > 0).to(dtype), (diff < 0).to(dtype)
-    pi_minus = left.sum(1) / n * (diff * left).sum(1) / n
-    pi_plus = right.sum(1) / n * (-diff * right).sum(1) / n
+    flat = uu.reshape(-1, 1)
+    pi_minus = torch.empty(flat.shape[0], dtype=dtype, device=flat.device)
+    pi_plus = torch.empty_like(pi_minus)
+    rows = max(1, (_PAIR_BLOCK_ELEMENTS // 4) // n)         # (rows, n) blocks, preallocated outputs
+    for start in range(0, flat.shape[0], rows):
+        diff = flat[start:start + rows] - v[None, :]                         # (rows, n)
+        left, right = (diff > 0).to(dtype), (diff < 0).to(dtype)
+        below, above = diff * left, -diff * right
+        if not bool(torch.isfinite(diff).all()):     # u - mu x overflows: no inf * 0 = NaN
+            below = torch.where(diff > 0, diff, torch.zeros_like(diff))
+            above = torch.where(diff < 0, -diff, torch.zeros_like(diff))
+        pi_minus[start:start + rows] = left.sum(1) / n * below.sum(1) / n
+        pi_plus[start:start + rows] = right.sum(1) / n * above.sum(1) / n
     return pi_minus.reshape(uu.shape), pi_plus.reshape(uu.shape)
 
 
 def _tv_weight(y, v, sigma):
-    """pi at y (any shape) for sorted ``v = mu x``: exact Gaussian expectation of the pieces."""
+    """pi at y (any shape) for sorted ``v = mu x``: exact Gaussian expectation of the pieces.
+
+    The (N, 2n - 1) arrays are built for a block of query points at a time, each block written
+    into a preallocated output (bounded memory for many queries and many data points)."""
+    c = _checks.data_center(v[:, None])
+    if c is not None:                    # far from the origin: shift (pi is translation covariant)
+        v, y = v - c[0], y - c[0]
     breaks, c0, c1 = _min_pieces(v)
     flat = y.reshape(-1, 1)
+    rows = max(1, (_PAIR_BLOCK_ELEMENTS // 4) // breaks.numel())   # ~12 temporaries per block
+    if flat.shape[0] <= rows:
+        return _tv_weight_rows(flat, v, sigma, breaks, c0, c1).reshape(y.shape)
+    out = torch.empty(flat.shape[0], dtype=flat.dtype, device=flat.device)
+    for start in range(0, flat.shape[0], rows):
+        out[start:start + rows] = _tv_weight_rows(flat[start:start + rows], v, sigma, breaks, c0, c1)
+    return out.reshape(y.shape)
+
+
+def _tv_weight_rows(flat, v, sigma, breaks, c0, c1):
+    """pi at the points ``flat`` (N, 1): (N,)."""
     # E_xi g(y - xi) = ∫ g(u) N(u; y, sigma^2) du; on a piece, with t = (u - y) / sigma:
     # ∫ (c0 + c1 y + c1 sigma t) phi(t) dt
     #     = (c0 + c1 y) (Phi(t_hi) - Phi(t_lo)) + c1 sigma (phi(t_lo) - phi(t_hi)).
@@ -98,7 +142,7 @@ def _tv_weight(y, v, sigma):
     mass = torch.where(t[:, :-1] > 0, upper[:, :-1] - upper[:, 1:], lower[:, 1:] - lower[:, :-1])
     val = ((c0 + c1 * flat) * mass + c1 * sigma * (dens[:, :-1] - dens[:, 1:])).sum(1)
     inside = (flat[:, 0] >= v[0]) & (flat[:, 0] <= v[-1])
-    return torch.where(inside, val.clamp_min(0.0), torch.zeros_like(val)).reshape(y.shape)
+    return torch.where(inside, val.clamp_min(0.0), torch.zeros_like(val))
 
 
 def tv_weight(y, data, mu, sigma):
@@ -119,18 +163,40 @@ def tv_weight(y, data, mu, sigma):
     y: tensor of any shape (typically (N,)); data: (n,), ``n >= 2``.
     Returns a tensor shaped like ``y`` (dtype: promotion of y's and data's). Cost O(N n).
     """
-    mu, sigma = _noise(mu, sigma)
+    _noise(mu, sigma)
     x = _data_1d(data)
     yy = _checks.as_tensor(y, "y", allow_empty=True)
     dtype = torch.promote_types(yy.dtype, x.dtype)
+    mu, sigma = _noise(mu, sigma, dtype)
     yy, x = yy.to(dtype), x.to(dtype=dtype, device=yy.device)
     if yy.numel() == 0:
         return yy.clone()
+    _check_magnitude(mu * x, dtype)
     return _tv_weight(yy, mu * x, sigma)
 
 
 def _third_central_moment(y, x, mu, sigma):
-    """E[(W - E W)^3] of the posterior W(y) (1-D), via softmax weights. y: (N,); x: (n,)."""
+    """E[(W - E W)^3] of the posterior W(y) (1-D), via softmax weights. y: (N,); x: (n,).
+    Rows whose logits overflow are recomputed from rescaled logits (as in dsmlib.optimal)."""
+    out = _third_central_moment_fast(y, x, mu, sigma)
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        from .optimal import _stable_weights
+        idx = bad.nonzero()[:, 0]
+        c = _checks.data_center(x[:, None])
+        xs, ys = (x, y) if c is None else (x - c[0], y - mu * c[0])
+        alpha, x64, cx = _stable_weights(ys[idx, None], xs[:, None], mu, sigma)
+        xn = x64[:, 0] / cx
+        m = alpha @ xn
+        third = (alpha * (xn[None, :] - m[:, None]) ** 3).sum(1)        # in units of c_x^3
+        out[idx] = torch.where(third == 0, torch.zeros_like(third), third * cx ** 3).to(out.dtype)
+    return out
+
+
+def _third_central_moment_fast(y, x, mu, sigma):
+    c = _checks.data_center(x[:, None])
+    if c is not None:                     # far from the origin: shift (the moment is invariant)
+        x, y = x - c[0], y - mu * c[0]
     out = torch.empty_like(y)
     chunk = max(1, (1 << 22) // x.numel())
     mx = mu * x
@@ -144,8 +210,15 @@ def _third_central_moment(y, x, mu, sigma):
 
 def _optimal_score_second_derivative(y, x, mu, sigma):
     r"""``s*''(y) = mu^3 E[(W - E W)^3] / sigma^6`` (differentiate eq. 9 once more:
-    ``d/dy E[f(W)] = (mu / sigma^2) Cov(f(W), W)``)."""
-    return mu ** 3 * _third_central_moment(y, x, mu, sigma) / sigma ** 6
+    ``d/dy E[f(W)] = (mu / sigma^2) Cov(f(W), W)``). Where ``sigma^6`` underflows or the value
+    overflows, it is computed as ``E[.] (mu / sigma^2)^3`` (``+-inf`` beyond float64, never NaN)."""
+    third = _third_central_moment(y, x, mu, sigma)
+    if sigma ** 6 > 0:
+        out = mu ** 3 * third / sigma ** 6
+        if bool(torch.isfinite(out).all()):
+            return out
+    k = mu / (sigma * sigma)
+    return torch.where(third == 0, torch.zeros_like(third), third * k * k * k)
 
 
 def _grid(v, x, mu, sigma, size):
@@ -159,6 +232,7 @@ def _grid(v, x, mu, sigma, size):
     nodes = [coarse]
     gaps = x[1:] - x[:-1]
     keep = gaps > 0
+    tol = 1e-12 * float(v[-1] - v[0])     # nodes closer than this are merged (see below)
     if bool(keep.any()):
         g = gaps[keep]
         mid = (v[1:] + v[:-1])[keep] / 2.0
@@ -169,9 +243,21 @@ def _grid(v, x, mu, sigma, size):
         lo, hi = mid - half, mid + half
         inside = ((coarse[:, None] > lo[None, :]) & (coarse[:, None] < hi[None, :])).any(1)
         nodes = [coarse[~inside], (mid[:, None] + half[:, None] * s[None, :]).reshape(-1)]
+        # a transition narrower than 1e-12 of the span (widely spaced data, tiny sigma) keeps
+        # its fine nodes: the merging tolerance stays below their spacing
+        spacing = float(half.min()) * 2.0 / (size - 1)
+        tol = min(tol, 0.25 * spacing)
+        resolution = torch.finfo(v.dtype).eps * float(v.abs().max())
+        if spacing < 0.25 * resolution:     # the nodes of a transition would collapse: no answer
+            raise ValueError(f"sigma = {sigma:g} is too small for data spread over "
+                             f"{float(x[-1] - x[0]):.3g}: the transitions of s* between data "
+                             f"points are narrower than {str(v.dtype).replace('torch.', '')} "
+                             f"can resolve there (node spacing {spacing:.3g} where the points "
+                             f"reach {float(v.abs().max()):.3g}); raise sigma, lower grid or "
+                             f"rescale the data")
     y = torch.sort(torch.cat(nodes).clamp(float(v[0]), float(v[-1]))).values
     # merge nodes closer than rounding (interval ends that meet at a data point)
-    close = torch.diff(y) <= 1e-12 * float(v[-1] - v[0])
+    close = torch.diff(y) <= tol
     return y[torch.cat([torch.ones(1, dtype=torch.bool, device=y.device), ~close])]
 
 
@@ -182,6 +268,9 @@ def _is_score_net(f):
 def _weighted_tv_net(net, v, sigma):
     """Exact ``sum_l |a_l w_l| / m * pi(k_l)`` for a 1-D net (single or ensemble)."""
     W1, b, W2 = net.W1.detach(), net.b.detach(), net.W2.detach()
+    _checks.finite_parameters("f", W1=W1, b=b, W2=W2)
+    _checks.float_dtype(W2.dtype, "f.W2.dtype")
+    _checks.noise_scale(sigma, "sigma", torch.promote_types(W2.dtype, v.dtype))
     if W1.shape[-1] != 1:
         raise ValueError("weighted_tv of a network needs a 1-D net (dim = 1), "
                          f"got dim = {W1.shape[-1]}")
@@ -218,22 +307,38 @@ def weighted_tv(f, data, mu, sigma, *, grid=2001):
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     grid = _checks.integer(grid, "grid", minimum=3)
+    _checks.noise(mu, sigma, x.dtype)
     if _is_score_net(f):
+        _check_magnitude(mu * x, x.dtype)
         return _weighted_tv_net(f, mu * x, sigma)
     if isinstance(f, str):
         if f != "optimal":
             raise ValueError(f'f must be a TwoLayerScoreNet, a callable or "optimal", got {f!r}')
         x64 = x.to(torch.float64)
         v = mu * x64
+        _check_magnitude(v, torch.float64)
+        if float(x64.abs().max()) > _CUBE_LIMIT:
+            raise ValueError(f"data is too large for weighted_tv('optimal'): the third moment of "
+                             f"the posterior needs |x| <= {_CUBE_LIMIT:.3g}; rescale the data")
         y = _grid(v, x64, mu, sigma, grid)
-        integrand = _optimal_score_second_derivative(y, x64, mu, sigma).abs() * _tv_weight(y, v, sigma)
+        weight = _tv_weight(y, v, sigma)
+        d2 = _optimal_score_second_derivative(y, x64, mu, sigma).abs()
+        integrand = torch.where(weight == 0, torch.zeros_like(weight), d2 * weight)  # no inf * 0
         return float(torch.trapezoid(integrand, y))
     if not callable(f):
         raise TypeError(f'f must be a TwoLayerScoreNet, a callable or "optimal", got {type(f).__name__}')
     v = mu * x
+    _check_magnitude(v, x.dtype)
     y = _grid(v, x, mu, sigma, grid)
     with torch.no_grad():
-        values = torch.as_tensor(f(y))
+        values = _checks.call_user(f, "f", y)
+        if not isinstance(values, torch.Tensor):           # lists and arrays are fine too
+            try:
+                values = torch.as_tensor(values)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"f must return a tensor (or array) of values, got "
+                                f"{type(values).__name__}") from None
+        _checks.function_output(values, "f")
     if values.shape[-1:] != y.shape:
         raise ValueError(f"f(y) must end with the axis of y ({y.numel()} points), got shape "
                          f"{tuple(values.shape)}")
@@ -242,4 +347,7 @@ def weighted_tv(f, data, mu, sigma, *, grid=2001):
     slopes = torch.diff(values, dim=-1) / torch.diff(yv)
     jumps = torch.diff(slopes, dim=-1).abs()                                 # at interior nodes
     out = (jumps * _tv_weight(yv[1:-1], v.to(values.dtype), sigma)).sum(-1)
+    if bool(torch.isnan(out).any()):
+        raise FloatingPointError("the slopes of f overflow (inf - inf): f's values are too large "
+                                 "for the grid's spacing in this dtype")
     return float(out) if out.dim() == 0 else out

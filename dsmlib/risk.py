@@ -39,6 +39,8 @@ def noise_nodes(num_nodes: int = 1201, *, dtype=torch.float64, device=None):
     renormalised so the weights sum to one. Returns ``(z, w)``, each ``(num_nodes,)``.
     """
     num_nodes = _checks.integer(num_nodes, "num_nodes", minimum=3)
+    dtype = _checks.float_dtype(dtype)
+    device = _checks.device(device)
     z = torch.linspace(-_Z_MAX, _Z_MAX, num_nodes, dtype=torch.float64)
     w = torch.exp(-0.5 * z ** 2)
     w[0] *= 0.5
@@ -54,19 +56,20 @@ def _resolve_score(score_fn, data, mu, sigma):
         return lambda y: optimal_score(y, data, mu, sigma)
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (y -> score), got {type(score_fn).__name__}")
+    _check_net(score_fn)
     return score_fn
 
 
-def _noisy_points(data, mu, sigma, *, num_nodes, num_samples, generator):
-    """Points ``Y = mu x_i + sigma z`` with their weights and the noise ``z``.
+def _check_net(score_fn):
+    """A network handed over as the score must hold finite parameters (ValueError otherwise)."""
+    if isinstance(score_fn, torch.nn.Module):
+        _checks.finite_parameters("score_fn", **dict(score_fn.named_parameters()),
+                                  **dict(score_fn.named_buffers()))
 
-    Returns ``(y, target, weights, was_1d, n)`` where ``y`` is ``(n*k,)`` in 1-D or ``(n*k, d)``,
-    ``target = -z / sigma`` has the shape of ``y`` and ``weights`` is ``(n*k,)`` (summing to 1).
-    """
-    mu = _checks.positive(mu, "mu")
-    sigma = _checks.positive(sigma, "sigma")
-    x, was_1d = _checks.data_2d(data, "data")
-    _checks.generator_or_none(generator)
+
+def _noise_draws(x, *, num_nodes, num_samples, generator):
+    """The noise ``z`` (n, k, d) of every training point and the weights ``w`` (n*k,), summing
+    to 1: quadrature nodes in 1-D, ``randn(n, k, d)`` from ``generator`` in d > 1."""
     n, d = x.shape
     if d == 1:
         if num_samples is not None:
@@ -80,6 +83,53 @@ def _noisy_points(data, mu, sigma, *, num_nodes, num_samples, generator):
         k = _checks.integer(5000 if num_samples is None else num_samples, "num_samples", minimum=1)
         z = torch.randn(n, k, d, generator=generator, dtype=x.dtype, device=x.device)
         w = torch.full((n * k,), 1.0 / (n * k), dtype=x.dtype, device=x.device)
+    return z, w
+
+
+_RESIDUAL_ELEMENTS = 1 << 22   # entries of the (points, k, n) logit block of _optimal_risk
+
+
+def _optimal_risk(x, z, w, mu, sigma):
+    r"""``R_n(s*)`` from the residual written without cancellation.
+
+    For ``Y = mu x_i + sigma z``, ``s*(Y) + z / sigma = (mu / sigma^2) sum_j alpha_j (x_j - x_i)``
+    with ``alpha = softmax_j((mu / sigma) z.D_j - (mu^2 / (2 sigma^2)) |D_j|^2)``, ``D_j = x_j - x_i``:
+    the logit of ``j = i`` is exactly 0 and the others are at most ``|z|^2 / 2``, so nothing
+    overflows, and the residual is a sum of small terms instead of the difference of two numbers
+    of size ``|z| / sigma`` (which in float32 at ``sigma = 1e-4`` leaves an error of order 1).
+    x: (n, d); z: (n, k, d); w: (n*k,). Returns a 0-d tensor in x's dtype (summed in float64).
+    """
+    n, k, d = z.shape
+    lin, quad, out = mu / sigma, mu * mu / (2.0 * sigma * sigma), mu / (sigma * sigma)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    block = max(1, _RESIDUAL_ELEMENTS // (k * n * max(d, 1)))
+    for start in range(0, n, block):
+        D = x[None, :, :] - x[start:start + block, None, :]                  # (B, n, d)
+        sq = (D * D).sum(-1)                                                  # (B, n)
+        pen = torch.where(sq == 0, torch.zeros_like(sq), sq * quad)          # 0 * inf guarded
+        logits = torch.bmm(z[start:start + block], D.transpose(1, 2)) * lin - pen[:, None, :]
+        r = torch.bmm(torch.softmax(logits, dim=-1), D) * out               # (B, k, d)
+        wb = w[start * k:(start + block) * k]
+        total += ((r * r).sum(-1).reshape(-1) * wb).sum(dtype=torch.float64)
+    if not bool(torch.isfinite(total)):
+        raise FloatingPointError("R_n(s*) overflowed: the data are too large for this noise level "
+                                 "in this dtype (use float64 or rescale the data)")
+    return total.to(x.dtype)
+
+
+def _noisy_points(data, mu, sigma, *, num_nodes, num_samples, generator):
+    """Points ``Y = mu x_i + sigma z`` with their weights and the noise ``z``.
+
+    Returns ``(y, target, weights, was_1d, n)`` where ``y`` is ``(n*k,)`` in 1-D or ``(n*k, d)``,
+    ``target = -z / sigma`` has the shape of ``y`` and ``weights`` is ``(n*k,)`` (summing to 1).
+    """
+    _checks.positive(mu, "mu")
+    _checks.positive(sigma, "sigma")
+    x, was_1d = _checks.data_2d(data, "data")
+    mu, sigma = _checks.noise(mu, sigma, x.dtype)
+    _checks.generator_or_none(generator)
+    n, d = x.shape
+    z, w = _noise_draws(x, num_nodes=num_nodes, num_samples=num_samples, generator=generator)
     y = (mu * x[:, None, :] + sigma * z).reshape(-1, d)
     target = (-z / sigma).reshape(-1, d)
     if was_1d:
@@ -96,9 +146,7 @@ def _weighted_mean_sq(diff, weights, was_1d):
 
 
 def _evaluate(fn, y, name):
-    out = fn(y)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{name} must return a torch tensor, got {type(out).__name__}")
+    out = _checks.function_output(_checks.call_user(fn, name, y), name)
     if tuple(out.shape[out.dim() - y.dim():]) != tuple(y.shape):
         raise ValueError(f"{name} returned shape {tuple(out.shape)}; expected {tuple(y.shape)} "
                          f"(optionally with leading ensemble axes)")
@@ -143,7 +191,7 @@ def _per_member(score_fn, data, mu, sigma):
                              f"got {t.numel()}")
         if bool((t <= 0).any()):
             raise ValueError(f"{name} must be positive")
-        return t
+        return _checks.noise_levels(t, name, x.dtype)
 
     was_1d = net.dim == 1 if net is not None else raw.dim() == 1
     return x, per(mu, "mu"), per(sigma, "sigma"), was_1d
@@ -169,7 +217,7 @@ def _member_points(x, mus, sigmas, *, num_nodes, num_samples, generator):
         w = torch.full((n * k,), 1.0 / (n * k), dtype=x.dtype, device=x.device)
     y = (mu * x[:, :, None, :] + sigma * z).reshape(K, -1, d)
     target = (-z / sigma).reshape(K, -1, d)
-    return y, target, w
+    return y, target, w, z
 
 
 def _member_scores(score_fn, y, x, mus, sigmas, was_1d):
@@ -180,6 +228,7 @@ def _member_scores(score_fn, y, x, mus, sigmas, was_1d):
             raise ValueError(f'score_fn must be a callable or the string "optimal", got {score_fn!r}')
         return _member_optimal(y, x, mus, sigmas)
     if isinstance(score_fn, TwoLayerScoreNet):
+        _check_net(score_fn)
         return score_fn.forward_members(y).to(y.dtype)
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (y -> score), got {type(score_fn).__name__}")
@@ -201,8 +250,12 @@ def _member_optimal(y, x, mus, sigmas):
 def _member_risk(score_fn, data, members, *, optimal_reference, num_nodes, num_samples,
                  generator):
     x, mus, sigmas, was_1d = members
-    y, target, w = _member_points(x, mus, sigmas, num_nodes=num_nodes, num_samples=num_samples,
-                                  generator=generator)
+    y, target, w, z = _member_points(x, mus, sigmas, num_nodes=num_nodes, num_samples=num_samples,
+                                     generator=generator)
+    if score_fn == "optimal" and not optimal_reference:   # R_n(s*): residual without cancellation
+        with torch.no_grad():
+            return torch.stack([_optimal_risk(x[k], z[k], w, float(mus[k]), float(sigmas[k]))
+                                for k in range(x.shape[0])])
     with torch.no_grad():
         s = _member_scores(score_fn, y, x, mus, sigmas, was_1d)
         ref = _member_optimal(y, x, mus, sigmas) if optimal_reference else target
@@ -231,6 +284,15 @@ def dsm_risk(score_fn, data, mu, sigma, *, num_nodes=None, num_samples=None, gen
         return _member_risk(score_fn, data, members, optimal_reference=False,
                             num_nodes=num_nodes, num_samples=num_samples, generator=generator)
     fn = _resolve_score(score_fn, data, mu, sigma)
+    if isinstance(score_fn, str):                    # s*: the residual without cancellation
+        _checks.positive(mu, "mu")
+        _checks.positive(sigma, "sigma")
+        x, _ = _checks.data_2d(data, "data")
+        mu, sigma = _checks.noise(mu, sigma, x.dtype)
+        _checks.generator_or_none(generator)
+        z, w = _noise_draws(x, num_nodes=num_nodes, num_samples=num_samples, generator=generator)
+        with torch.no_grad():
+            return _optimal_risk(x, z, w, mu, sigma)
     y, target, w, was_1d, _ = _noisy_points(data, mu, sigma, num_nodes=num_nodes,
                                             num_samples=num_samples, generator=generator)
     with torch.no_grad():

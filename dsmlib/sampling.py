@@ -57,6 +57,19 @@ def _check_grid(T, delta, steps):
     return T, delta, steps
 
 
+def _check_step(T, delta, steps, dtype):
+    """The growth ``e^h`` and noise scale ``sqrt(e^{2h} - 1)`` of one step must be finite numbers
+    of ``dtype``; beyond that (``h = (T - delta) / steps`` above ~44 in float32, ~354 in float64)
+    the scheme only produces inf and NaN."""
+    h = (T - delta) / steps
+    limit = 0.5 * math.log(torch.finfo(dtype).max)
+    if h > limit:
+        need = math.ceil((T - delta) / limit)
+        raise ValueError(f"steps={steps} is too few for T={T:g}: each step spans h = {h:.4g} in "
+                         f"time and e^(2h) overflows {str(dtype).replace('torch.', '')}; "
+                         f"use steps >= {need}")
+
+
 def _grid(T: float, delta: float, steps: int) -> torch.Tensor:
     k = torch.arange(steps + 1, dtype=torch.float64)
     times = T - k * ((T - delta) / steps)
@@ -120,11 +133,9 @@ def reverse_sde_sample(score_fn: Callable, num_samples: int, dim: int, *, T: flo
     T, delta, steps = _check_grid(T, delta, steps)
     if ensemble is not None:
         ensemble = _checks.integer(ensemble, "ensemble", minimum=1)
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    device = torch.device("cpu") if device is None else torch.device(device)
+    dtype = _checks.float_dtype(dtype)
+    device = torch.device("cpu") if device is None else _checks.device(device)
+    _check_step(T, delta, steps, dtype)
     gens = _sampler_generators(generator, ensemble, device)
     if nonfinite not in ("raise", "keep"):
         raise ValueError(f"nonfinite must be 'raise' or 'keep', got {nonfinite!r}")
@@ -202,9 +213,12 @@ def _raise_if_bad(bad, times):
 
 
 def _call_score(score_fn, y, t, k):
-    s = score_fn(y, t)
+    s = _checks.call_user(score_fn, "score_fn", y, t, signature="x, t")
     if not isinstance(s, torch.Tensor):
         raise TypeError(f"score_fn must return a torch.Tensor, got {type(s).__name__} "
+                        f"(step {k}, t = {t:.6g})")
+    if s.is_complex() or s.dtype == torch.bool:
+        raise TypeError(f"score_fn must return real values, got dtype {s.dtype} "
                         f"(step {k}, t = {t:.6g})")
     if s.shape != y.shape:
         if y.dim() >= 1 and s.shape == y.shape + (1,):
@@ -215,6 +229,9 @@ def _call_score(score_fn, y, t, k):
             raise ValueError(f"score_fn returned shape {tuple(s.shape)} for states of shape "
                              f"{tuple(y.shape)} (step {k}, t = {t:.6g}); it must return the "
                              f"shape of its input{hint}")
+    if s.device.type == "meta" or s.layout != torch.strided:
+        raise TypeError(f"score_fn must return a dense tensor with data, got one on "
+                        f"{s.device} with layout {s.layout} (step {k}, t = {t:.6g})")
     return s.to(dtype=y.dtype, device=y.device)
 
 
@@ -233,7 +250,13 @@ def optimal_score_fn(data) -> Callable:
     def score(x, t):
         from .optimal import optimal_score
         t = _checks.positive(t, "t")
+        x = _checks.as_tensor(x, "x", allow_empty=True)
+        _checks.points_like(x, x0.shape[1], "x")
         xd = pts.to(dtype=x.dtype, device=x.device)
-        return optimal_score(x, xd, ou_mu(t), ou_sigma(t))
+        # for large t, mu(t) = e^-t has no normal square in x's dtype (t > 354 in float64, t > 43
+        # in float32): it is raised to that floor, which changes s* = (mu E[W] - x) / sigma^2 by
+        # less than the dtype's resolution (for data of ordinary size)
+        floor = math.sqrt(torch.finfo(torch.promote_types(x.dtype, xd.dtype)).tiny)
+        return optimal_score(x, xd, max(ou_mu(t), floor), ou_sigma(t))
 
     return score

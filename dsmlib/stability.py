@@ -31,6 +31,7 @@ _PARAM_NAMES = ("W1", "b", "W2")
 # computed value; it only keeps inf * 0 = NaN out of the tails.
 _T_CLIP = 40.0
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_RISK_BLOCK_ELEMENTS = 1 << 22   # entries of the (K, points, m) terms of relu_net_risk at once
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,6 +60,8 @@ def _get_params(net_or_params, name="net_or_params"):
             raise TypeError(f"{name}.{k} must be a torch tensor, got {type(p).__name__}")
         if not p.is_floating_point():
             raise TypeError(f"{name}.{k} must be a floating tensor, got dtype {p.dtype}")
+        _checks.float_dtype(p.dtype, f"{name}.{k}.dtype")
+    _checks.finite_parameters(name, **dict(zip(_PARAM_NAMES, params)))
     return params
 
 
@@ -132,8 +135,9 @@ def _risk_inputs(data, mu, sigma, ensemble, dtype, device):
     vector = _checks.is_sequence(mu) or _checks.is_sequence(sigma)
     per = (raw.dim() == 2 and raw.shape[1] != 1) or raw.dim() == 3 or vector
     if not per:
-        return (_checks.data_1d(raw, dtype=dtype, device=device),
-                _checks.positive(mu, "mu"), _checks.positive(sigma, "sigma"))
+        _checks.positive(mu, "mu")
+        _checks.positive(sigma, "sigma")
+        return (_checks.data_1d(raw, dtype=dtype, device=device), *_checks.noise(mu, sigma, dtype))
     if ensemble is None:
         raise ValueError("per-member data or noise levels need an ensemble of nets (K members)")
     K = ensemble
@@ -152,6 +156,7 @@ def _risk_inputs(data, mu, sigma, ensemble, dtype, device):
                              f"got {t.numel()}")
         if bool((t <= 0).any()):
             raise ValueError(f"{name} must be positive")
+        _checks.noise_levels(t, name, dtype)
         return t.reshape(K, 1)
 
     return x, levels(mu, "mu"), levels(sigma, "sigma")
@@ -223,20 +228,43 @@ def relu_net_risk(net_or_params, data, mu, sigma):
     # |w| as w sign(w) and |t| by torch.where: the double backward of abs() imports torch._dynamo
     # (seconds, once per process); both forms also give |w| zero slope at w = 0, as abs() does
     jump = torch.gather(a * w * torch.sign(w), -1, order) * (sigma / m)    # (K, m), kink order
-    t = ((kinks[:, None, :] - center[:, :, None]) / sig3).clamp(-_T_CLIP, _T_CLIP)  # (K, n, m)
-    left = t <= 0
-    J = left.sum(-1)                                                        # segment holding z = 0
-    alpha_J, beta_J = torch.gather(alpha, -1, J), torch.gather(beta, -1, J)   # (K, n)
-    base = (alpha_J * center + beta_J) ** 2 + (alpha_J * sigma + 1.0 / sigma) ** 2
-    s_kink = alpha[:, 1:] * kinks + beta[:, 1:]                             # s at each kink (K, m)
-    G = s_kink[:, None, :] + t / sig3                                       # g_i at each kink
-    Q = ((alpha[:, :-1] + alpha[:, 1:]) * sigma + 2.0 / sigma)[:, None, :]  # (K, 1, m)
-    r = torch.where(left, -t, t)
-    phi_r, tail = _phi(r), torch.special.ndtr(-r)
-    psi1 = phi_r - r * tail
-    Qpsi2 = Q * ((1.0 + r * r) * tail - r * phi_r)
-    per_point = base + (jump[:, None, :] * (2.0 * G * psi1 + torch.where(left, -Qpsi2, Qpsi2))).sum(-1)
+    K, n = kinks.shape[0], center.shape[-1]
+
+    def point_terms(c):
+        """E g_i^2 for the data points of the block ``c`` (1 or K, n_b): (K, n_b). (The order of
+        the operations is kept as it was before blocks existed: autograd sums the gradient
+        contributions in creation order, so it fixes the last bits of Hessian-vector products.)"""
+        t = ((kinks[:, None, :] - c[:, :, None]) / sig3).clamp(-_T_CLIP, _T_CLIP)  # (K, n_b, m)
+        left = t <= 0
+        J = left.sum(-1)                                                    # segment holding z = 0
+        alpha_J, beta_J = torch.gather(alpha, -1, J), torch.gather(beta, -1, J)   # (K, n_b)
+        base = (alpha_J * c + beta_J) ** 2 + (alpha_J * sigma + 1.0 / sigma) ** 2
+        s_kink = alpha[:, 1:] * kinks + beta[:, 1:]                         # s at each kink (K, m)
+        G = s_kink[:, None, :] + t / sig3                                   # g_i at each kink
+        Q = ((alpha[:, :-1] + alpha[:, 1:]) * sigma + 2.0 / sigma)[:, None, :]  # (K, 1, m)
+        r = torch.where(left, -t, t)
+        phi_r, tail = _phi(r), torch.special.ndtr(-r)
+        psi1 = phi_r - r * tail
+        Qpsi2 = Q * ((1.0 + r * r) * tail - r * phi_r)
+        return base + (jump[:, None, :] * (2.0 * G * psi1 + torch.where(left, -Qpsi2, Qpsi2))).sum(-1)
+
+    # the (K, n, m) terms are built for a block of data points at a time, so memory stays bounded;
+    # each point's sum over the m kinks does not depend on the block. With autograd recording,
+    # the graph keeps every block anyway: blocks are then large (one block in all the book's uses,
+    # which keeps the Hessian-vector products of sharpness exactly as they were)
+    recording = torch.is_grad_enabled() and any(p.requires_grad for p in (w, a, b))
+    block = max(1, (_RISK_BLOCK_ELEMENTS if recording else _RISK_BLOCK_ELEMENTS // 4) // (K * m))
+    if n <= block:
+        per_point = point_terms(center)
+    else:
+        per_point = torch.empty(K, n, dtype=dtype, device=kinks.device)
+        for start in range(0, n, block):
+            per_point[:, start:start + block] = point_terms(center[:, start:start + block])
     risk = per_point.mean(-1)
+    if bool(torch.isnan(risk.detach()).any()):
+        raise FloatingPointError(f"relu_net_risk: the risk overflows in {dtype} (a NaN from inf - "
+                                 f"inf): the parameters or 1/sigma are too large for this dtype; "
+                                 f"use float64")
     return risk[0] if ensemble is None else risk
 
 
@@ -387,13 +415,21 @@ def sharpness(net, data, mu, sigma, *, iters=100, tol=1e-6, init=None, generator
     with torch.enable_grad():
         risk = relu_net_risk(leaves, data, mu, sigma)
         grads = torch.autograd.grad(risk.sum(), trained, create_graph=True)
+    if not (bool(torch.isfinite(risk.detach()).all())
+            and all(bool(torch.isfinite(g.detach()).all()) for g in grads)):
+        raise FloatingPointError(f"sharpness: the risk or its gradient overflows in {dtype} at "
+                                 f"these parameters and noise level; use float64")
 
     def hvp(v):
         chunks = torch.split(v, sizes, dim=1)
         outs = [c.reshape(p.shape) for c, p in zip(chunks, trained)]
         hv = torch.autograd.grad(grads, trained, grad_outputs=outs, retain_graph=True, allow_unused=True)
         hv = [torch.zeros_like(p) if h is None else h for h, p in zip(hv, trained)]
-        return torch.cat([h.reshape(K, -1) for h in hv], 1).detach()
+        out = torch.cat([h.reshape(K, -1) for h in hv], 1).detach()
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"sharpness: a Hessian-vector product overflows in {dtype}; "
+                                     f"use float64")
+        return out
 
     if init is None:
         v0 = _random_vectors(K, P, generator, trained[0])
@@ -480,14 +516,15 @@ def gauss_newton_matrix(net, data, mu, sigma, *, wrt=None):
     if d != 1:
         raise NotImplementedError(f"gauss_newton_matrix has a closed form for 1-D nets only; "
                                   f"got dim = {d}")
-    mu = _checks.positive(mu, "mu")
-    sigma = _checks.positive(sigma, "sigma")
+    _checks.positive(mu, "mu")
+    _checks.positive(sigma, "sigma")
     names = _trained_names(net, wrt)
     W1, b, W2 = (p.detach() for p in params)
     if ensemble is None:
         W1, b, W2 = W1[None], b[None], W2[None]
     K = W1.shape[0]
     dtype = torch.promote_types(torch.promote_types(W1.dtype, b.dtype), W2.dtype)
+    mu, sigma = _checks.noise(mu, sigma, dtype)
     w, b, a = W1[..., 0].to(dtype), b.to(dtype), W2[..., 0, :].to(dtype)        # (K, m)
     x = _member_data(data, K, dtype, w.device)                                   # (1 or K, n)
     inf = torch.full_like(w, math.inf)
@@ -521,6 +558,9 @@ def gauss_newton_matrix(net, data, mu, sigma, *, wrt=None):
             row.append(block)
         rows.append(torch.cat(row, 2))
     G = torch.cat(rows, 1) * scale
+    if bool(torch.isnan(G).any()):
+        raise FloatingPointError(f"gauss_newton_matrix overflows in {dtype} (inf * 0) for these "
+                                 f"parameters and data; use float64")
     return G[0] if ensemble is None else G
 
 
@@ -536,6 +576,9 @@ def gauss_newton_sharpness(net, data, mu, sigma, *, wrt=None):
     params = _get_params(net, "net")
     ensemble, _, _ = _layout(params, "net")
     G = gauss_newton_matrix(net, data, mu, sigma, wrt=wrt)
+    if not bool(torch.isfinite(G).all()):
+        raise FloatingPointError(f"gauss_newton_sharpness: the Gauss-Newton matrix overflows in "
+                                 f"{G.dtype} for these parameters and data; use float64")
     if ensemble is None:
         return torch.linalg.eigvalsh(G)[-1]
     return torch.stack([torch.linalg.eigvalsh(Gk)[-1] for Gk in G])
@@ -668,6 +711,7 @@ def perturbation_test(net, data, mu, sigma, *, lr, steps, radius, record_every=N
     from .training import train_sgd
     if not isinstance(net, TwoLayerScoreNet):
         raise TypeError(f"net must be a TwoLayerScoreNet, got {type(net).__name__}")
+    _checks.finite_parameters("net", **dict(zip(_PARAM_NAMES, net._stacked())))
     radius = _checks.positive(radius, "radius")
     steps = _checks.integer(steps, "steps", minimum=1)
     every = max(1, math.ceil(steps / 20)) if record_every is None else \
@@ -687,6 +731,9 @@ def perturbation_test(net, data, mu, sigma, *, lr, steps, radius, record_every=N
         both[k][K:] += radius * u[k] / norm.reshape((-1,) + (1,) * (u[k].dim() - 1))
     if net.fixed_inner:
         both["W2"].clamp_(-net.bound, net.bound)
+    if not all(bool(torch.isfinite(t).all()) for t in both.values()):
+        raise ValueError(f"radius = {radius:g} pushes the parameters beyond the range of "
+                         f"{start['W2'].dtype}")
     pair = TwoLayerScoreNet.from_parameters(both["W1"], both["b"], both["W2"],
                                             fixed_inner=net.fixed_inner, bound=net.bound)
     seeds = torch.randint(0, 2 ** 62, (K,), generator=generator, device=g_dev).tolist()

@@ -36,6 +36,8 @@ import torch
 from . import _checks
 from .regularity import tv_weight, weighted_tv
 
+_PAIR_BLOCK_ELEMENTS = 1 << 22   # entries of a (rows, n) block of a pairwise computation
+
 __all__ = [
     "min_gap",
     "theorem_lr_threshold",
@@ -75,8 +77,43 @@ def _data_1d(data, min_points=2):
     return torch.sort(_checks.data_1d(data, min_points=min_points)).values
 
 
-def _noise(mu, sigma):
-    return _checks.positive(mu, "mu"), _checks.positive(sigma, "sigma")
+def _noise(mu, sigma, dtype=torch.float64):
+    """``(mu, sigma)`` as floats, checked by :func:`dsmlib._checks.noise` for ``dtype``."""
+    _checks.positive(mu, "mu")
+    _checks.positive(sigma, "sigma")
+    return _checks.noise(mu, sigma, dtype)
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _exp(t: float) -> float:
+    return math.exp(t) if t < 709.0 else math.inf
+
+
+def _guarded(direct, log_value) -> float:
+    """A positive bound: ``direct()`` (the formula as written) or, where an intermediate power
+    over- or underflows, ``exp(log_value())``.
+
+    The bounds are products of powers of ``n, mu, sigma, Delta, A``; at extreme (legal) values a
+    power such as ``sigma**4`` underflows to 0 or ``A**4`` overflows although the bound itself is a
+    float64 number, or is 0.0 / inf only because it lies beyond the float64 range. ``direct()`` is
+    kept whenever it agrees with the logarithmic form, so ordinary values are exactly the formula's.
+    """
+    try:
+        v = direct()
+    except (ZeroDivisionError, OverflowError):
+        v = math.nan
+    lv = log_value()
+    if math.isnan(lv):
+        raise FloatingPointError("the bound is not defined at these values (0 * inf)")
+    if math.isfinite(v) and v > 0 and math.isfinite(lv) \
+            and abs(math.log(v) - lv) <= 1e-9 * max(1.0, abs(lv)):
+        return v
+    return 0.0 if lv == -math.inf else _exp(lv)
+
+
 
 
 def _number_or_tensor(x, name, *, strict):
@@ -116,10 +153,23 @@ def min_gap(data) -> float:
     x, was_1d = _checks.data_2d(data, "data", min_points=2)
     if x.shape[1] == 1:
         xs = torch.sort(x[:, 0]).values
-        return float((xs[1:] - xs[:-1]).min())
-    dist = torch.cdist(x.to(torch.float64), x.to(torch.float64))
-    dist.fill_diagonal_(math.inf)
-    return float(dist.min())
+        gap = float((xs[1:] - xs[:-1]).min())
+        if not math.isfinite(gap):                  # float32 points near +-3e38: gaps overflow
+            xs = xs.to(torch.float64)
+            gap = float((xs[1:] - xs[:-1]).min())
+        return gap
+    # distances from the differences (the Gram expansion |a|^2 + |b|^2 - 2 a.b loses every digit
+    # for points much closer than their norm), a block of rows at a time (bounded memory)
+    x = x.to(torch.float64)
+    n = x.shape[0]
+    rows = max(1, _PAIR_BLOCK_ELEMENTS // (n * x.shape[1]))
+    best = math.inf
+    for start in range(0, n, rows):
+        blk = torch.cdist(x[start:start + rows], x, compute_mode="donot_use_mm_for_euclid_dist")
+        idx = torch.arange(blk.shape[0], device=x.device)
+        blk[idx, idx + start] = math.inf
+        best = min(best, float(blk.min()))
+    return best
 
 
 def theorem_lr_threshold(data, mu, sigma) -> float:
@@ -133,7 +183,9 @@ def theorem_lr_threshold(data, mu, sigma) -> float:
     n, delta = x.numel(), min_gap(x)
     if delta == 0:
         return math.inf
-    return 2.0 ** 12 * sigma ** 2 / (mu * n ** 2 * delta)
+    return _guarded(lambda: 2.0 ** 12 * sigma ** 2 / (mu * n ** 2 * delta),
+                    lambda: 12 * math.log(2) + 2 * _log(sigma) - _log(mu) - 2 * _log(n)
+                    - _log(delta))
 
 
 def theorem_excess_bound(data, mu, sigma, A) -> float:
@@ -146,8 +198,13 @@ def theorem_excess_bound(data, mu, sigma, A) -> float:
     A = _checks.positive(A, "A")
     x = _data_1d(data)
     n, delta = x.numel(), min_gap(x)
-    denominator = 2.0 ** 36 * math.sqrt(math.e) * A ** 4 * sigma ** 4
-    return math.pi * n ** 5 * mu ** 3 * delta ** 3 / denominator
+
+    def direct():
+        denominator = 2.0 ** 36 * math.sqrt(math.e) * A ** 4 * sigma ** 4
+        return math.pi * n ** 5 * mu ** 3 * delta ** 3 / denominator
+
+    return _guarded(direct, lambda: math.log(math.pi) + 5 * _log(n) + 3 * _log(mu)
+                    + 3 * _log(delta) - 36 * math.log(2) - 0.5 - 4 * _log(A) - 4 * _log(sigma))
 
 
 def tv_lower_bound(data, mu, sigma) -> float:
@@ -159,7 +216,9 @@ def tv_lower_bound(data, mu, sigma) -> float:
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     n, delta = x.numel(), min_gap(x)
-    return mu ** 3 * n * delta ** 3 / (2.0 ** 12 * sigma ** 4)
+    return _guarded(lambda: mu ** 3 * n * delta ** 3 / (2.0 ** 12 * sigma ** 4),
+                    lambda: 3 * _log(mu) + _log(n) + 3 * _log(delta) - 12 * math.log(2)
+                    - 4 * _log(sigma))
 
 
 def tv_lower_bound_condition(data, mu, sigma):
@@ -171,7 +230,10 @@ def tv_lower_bound_condition(data, mu, sigma):
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     n, delta = x.numel(), min_gap(x)
-    value = 16.0 * n ** 3 * math.exp(-mu ** 2 * delta ** 2 / (4.0 * sigma ** 2))
+    # exponent mu^2 Delta^2 / (4 sigma^2) = (mu Delta / (2 sigma))^2, in logarithms if it overflows
+    log_ratio = _log(mu) + _log(delta) - math.log(2) - _log(sigma)
+    value = _guarded(lambda: 16.0 * n ** 3 * math.exp(-mu ** 2 * delta ** 2 / (4.0 * sigma ** 2)),
+                     lambda: 4 * math.log(2) + 3 * _log(n) - _exp(2 * log_ratio))
     return value, value <= 1.0
 
 
@@ -184,8 +246,14 @@ def optimal_risk_bound(data, mu, sigma) -> float:
     mu, sigma = _noise(mu, sigma)
     x = _data_1d(data)
     spread, delta = float(x[-1] - x[0]), min_gap(x)
-    decay = math.exp(-mu ** 2 * delta ** 2 / (32.0 * sigma ** 2))
-    return 4.0 * mu ** 2 * spread ** 2 / sigma ** 4 * decay
+
+    def direct():
+        decay = math.exp(-mu ** 2 * delta ** 2 / (32.0 * sigma ** 2))
+        return 4.0 * mu ** 2 * spread ** 2 / sigma ** 4 * decay
+
+    exponent = _exp(2 * (_log(mu) + _log(delta) - _log(sigma)) - math.log(32))
+    return _guarded(direct, lambda: 2 * math.log(2) + 2 * _log(mu) + 2 * _log(spread)
+                    - 4 * _log(sigma) - exponent)
 
 
 class Prop2Midpoint(NamedTuple):
@@ -215,7 +283,10 @@ class Cor3Bound(NamedTuple):
 
 def _exp_quarter(mu, sigma, delta):
     """``exp(-mu^2 Delta^2 / (4 sigma^2))``, the decay of Prop. 2 and Thm. 4."""
-    return math.exp(-mu ** 2 * delta ** 2 / (4.0 * sigma ** 2))
+    try:
+        return math.exp(-mu ** 2 * delta ** 2 / (4.0 * sigma ** 2))
+    except OverflowError:                       # Delta^2 beyond float64: the decay is 0
+        return 0.0
 
 
 def prop2_midpoint_bound(data, mu) -> Prop2Midpoint:
@@ -253,7 +324,9 @@ def prop2_near_data_bound(data, mu, sigma, *, strict=False) -> Prop2NearData:
         raise ValueError(f"Prop. 2 needs Delta >= 2 sigma / mu = {2.0 * sigma / mu:.3g}; "
                          f"Delta = {delta:.3g}")
     e = _exp_quarter(mu, sigma, delta)
-    return Prop2NearData(mu * delta / 4.0, n * delta * e, 4.0 * n ** 2 * delta ** 2 * e, applies)
+    var_upper = _guarded(lambda: 4.0 * n ** 2 * delta ** 2 * e,
+                         lambda: math.log(4) + 2 * _log(n) + 2 * _log(delta) + _log(e))
+    return Prop2NearData(mu * delta / 4.0, n * delta * e, var_upper, applies)
 
 
 def cor3_derivative_gap(data, mu, sigma, *, strict=False) -> Cor3Bound:
@@ -275,7 +348,13 @@ def cor3_derivative_gap(data, mu, sigma, *, strict=False) -> Cor3Bound:
     mid = prop2_midpoint_bound(data, mu)
     near = prop2_near_data_bound(data, mu, sigma, strict=strict)
     mu, sigma = float(mu), float(sigma)
-    lower = mu ** 2 / sigma ** 4 * (mid.var_lower - near.var_upper)
+    try:
+        factor = mu ** 2 / sigma ** 4
+    except (ZeroDivisionError, OverflowError):  # sigma^4 underflows: (mu / sigma^2)^2, maybe inf
+        k = mu / (sigma * sigma)
+        factor = k * k
+    gap = mid.var_lower - near.var_upper
+    lower = torch.where(gap == 0, torch.zeros_like(gap), factor * gap)     # no inf * 0
     return Cor3Bound(mid.midpoints, lower, near.radius, near.applies)
 
 
@@ -318,8 +397,9 @@ def posterior_near_data_lemma(data, mu, sigma, *, radius=None) -> NearDataBounds
     :func:`dsmlib.posterior_moments`. data: (n,) with distinct points.
     Returns ``NearDataBounds(radius, mean_error, var_upper)`` (floats).
     """
-    mu, sigma = _noise(mu, sigma)
+    _noise(mu, sigma)
     x = _data_1d(data)
+    mu, sigma = _noise(mu, sigma, x.dtype)     # the bounds are computed in x's dtype
     delta = min_gap(x)
     if delta == 0:
         raise ValueError("data has coincident points (Delta = 0): no neighbourhood of a data point "
@@ -329,7 +409,8 @@ def posterior_near_data_lemma(data, mu, sigma, *, radius=None) -> NearDataBounds
         raise ValueError(f"radius must be < mu * Delta / 2 = {mu * delta / 2.0}, got {r}")
     d = (x[None, :] - x[:, None]).abs()                                     # (n, n), 0 on the diagonal
     e = torch.exp(-mu * d * (mu * d - 2.0 * r) / (2.0 * sigma ** 2)) * (d > 0).to(d.dtype)
-    return NearDataBounds(r, float((d * e).sum(1).max()), float((d * d * e).sum(1).max()))
+    dde = torch.where(e == 0, torch.zeros_like(e), d * d * e)               # no inf * 0
+    return NearDataBounds(r, float((d * e).sum(1).max()), float(dde.sum(1).max()))
 
 
 def posterior_midpoint_lemma(data, mu, sigma) -> MidpointBounds:
@@ -353,15 +434,18 @@ def posterior_midpoint_lemma(data, mu, sigma) -> MidpointBounds:
     Proof also in chapter 7. data: (n,), ``n >= 2``.
     Returns ``MidpointBounds(midpoints, mean_error, var_lower, var_upper)``, each (n - 1,).
     """
-    mu, sigma = _noise(mu, sigma)
+    _noise(mu, sigma)
     x = _data_1d(data)
+    mu, sigma = _noise(mu, sigma, x.dtype)     # the bounds are computed in x's dtype
     n, delta = x.numel(), min_gap(x)
     gaps = x[1:] - x[:-1]
     spread = x[-1] - x[0]
     q = (n - 2) * torch.exp(-mu ** 2 * delta * (delta + gaps) / (2.0 * sigma ** 2))
     mids = mu * (x[1:] + x[:-1]) / 2.0
+    # q = 0 with an overflowing spread**2 would give 0 * inf: the term is then 0
+    spread_term = torch.where(q == 0, torch.zeros_like(q), q * spread ** 2)
     return MidpointBounds(mids, q * spread / (2.0 + q), gaps ** 2 / (2.0 * (2.0 + q)),
-                          (gaps ** 2 / 2.0 + q * spread ** 2) / (2.0 + q))
+                          (gaps ** 2 / 2.0 + spread_term) / (2.0 + q))
 
 
 class Prop6Terms(NamedTuple):
@@ -377,7 +461,12 @@ def _prop6_risk_terms(R, n, sigma, A):
     first = _sqrt(2.0 * n * R)
     second = (math.sqrt(2.0 * math.pi * math.e) * A * sigma * n * R) ** (1.0 / 3.0)
     biggest = torch.maximum(first, second) if isinstance(R, torch.Tensor) else max(first, second)
-    return _sqrt(R) / 2.0, A / (math.sqrt(2.0 * math.pi) * sigma) * biggest
+    coef = A / (math.sqrt(2.0 * math.pi) * sigma)          # inf for an enormous A: then R = 0
+    if isinstance(biggest, torch.Tensor):                   # must give 0, not inf * 0
+        third = torch.where(biggest == 0, torch.zeros_like(biggest), coef * biggest)
+    else:
+        third = 0.0 if biggest == 0 else coef * biggest
+    return _sqrt(R) / 2.0, third
 
 
 def prop6_bound_terms(sharpness, width, risk, data, mu, sigma, A) -> Prop6Terms:
@@ -396,6 +485,7 @@ def prop6_bound_terms(sharpness, width, risk, data, mu, sigma, A) -> Prop6Terms:
     lam = _number_or_tensor_any(sharpness, "sharpness")
     m = _checks.integer(width, "width", minimum=1)
     R = _number_or_tensor(risk, "risk", strict=False)
+    _checks.same_shape(sharpness=lam, risk=R)
     mu, sigma = _noise(mu, sigma)
     A = _checks.positive(A, "A")
     n = _data_1d(data).numel()
@@ -416,6 +506,7 @@ def prop6_tv_upper_bound(lr, risk, data, mu, sigma, A):
     """
     lr = _number_or_tensor(lr, "lr", strict=True)
     R = _number_or_tensor(risk, "risk", strict=False)
+    _checks.same_shape(lr=lr, risk=R)
     mu, sigma = _noise(mu, sigma)
     A = _checks.positive(A, "A")
     n = _data_1d(data).numel()
@@ -463,8 +554,14 @@ def sigma2_condition(data, mu, sigma, A):
     A = _checks.positive(A, "A")
     x = _data_1d(data)
     n, delta, spread = x.numel(), min_gap(x), float(x[-1] - x[0])
-    lhs = math.exp(-mu ** 2 * delta ** 2 / (32.0 * sigma ** 2))
-    rhs = math.pi * n ** 5 * mu / (2.0 ** 38 * math.sqrt(math.e) * spread ** 2 * A ** 4)
+    try:
+        lhs = math.exp(-mu ** 2 * delta ** 2 / (32.0 * sigma ** 2))
+    except OverflowError:                       # Delta^2 beyond float64: the decay is 0
+        lhs = 0.0
+    rhs = _guarded(lambda: math.pi * n ** 5 * mu / (2.0 ** 38 * math.sqrt(math.e) * spread ** 2
+                                                    * A ** 4),
+                   lambda: math.log(math.pi) + 5 * _log(n) + _log(mu) - 38 * math.log(2) - 0.5
+                   - 2 * _log(spread) - 4 * _log(A))
     return lhs, rhs, lhs <= rhs
 
 

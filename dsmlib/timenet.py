@@ -96,10 +96,8 @@ class TimeScoreNet(nn.Module):
         if ensemble is not None:
             ensemble = _checks.integer(ensemble, "ensemble", minimum=1)
         gens = _generators(generator, ensemble)
-        if dtype is None:
-            dtype = torch.get_default_dtype()
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        dtype = _checks.float_dtype(dtype)
+        device = _checks.device(device)
         self.width, self.dim, self.ensemble = width, dim, ensemble
         members = gens if isinstance(gens, list) else [gens] * (ensemble or 1)
         w1, w2 = _init_weights(width, dim, members, dtype, device)
@@ -135,7 +133,7 @@ class TimeScoreNet(nn.Module):
     def _points(self, x, check=True):
         """x -> (X, out_shape): X (N, d) shared or (K, N, d) per member."""
         if check or not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            x = _checks.as_tensor(x, "x", allow_empty=True)
+            x = _checks.as_tensor(x, "x", dtype=self.W1.dtype, allow_empty=True)
         d, K = self.dim, self.ensemble
         if d == 1:
             if x.dim() == 1 or (x.dim() == 2 and K is not None and x.shape[0] == K):
@@ -168,7 +166,10 @@ class TimeScoreNet(nn.Module):
                 raise ValueError(f"t must be a number or have shape {shapes}, "
                                  f"got {tuple(tt.shape)}")
         else:
-            tt = torch.full((), _checks.scalar(t, "t"), dtype=X.dtype, device=X.device)
+            tv = _checks.scalar(t, "t")
+            if abs(tv) > torch.finfo(X.dtype).max:
+                raise ValueError(f"t = {tv:g} is beyond the range of {X.dtype}")
+            tt = torch.full((), tv, dtype=X.dtype, device=X.device)
         lead = torch.broadcast_shapes(X.shape[:-1], tt.shape)
         tt = tt.expand(lead)
         u = torch.cat([tt[..., None], X.expand(lead + X.shape[-1:])], dim=-1)
@@ -180,13 +181,14 @@ class TimeScoreNet(nn.Module):
         t: a number, ``(N,)`` (one time per point) or, for an ensemble, ``(K, N)``.
         x: ``(N,)`` when ``dim == 1``, else ``(N, d)``; for an ensemble also ``(K, N)`` /
         ``(K, N, d)`` (member ``k`` evaluated on ``x[k]``).
-        check: ``False`` skips the test that a tensor ``x`` is finite (it waits for the device;
-        shapes are still checked): for inner loops such as the sampler's, where NaN is allowed
-        to propagate and is looked for at the end.
+        check: ``False`` skips the tests that a tensor ``x`` is finite and that the output holds
+        no NaN (each waits for the device; shapes are still checked): for inner loops such as the
+        sampler's, where NaN is allowed to propagate and is looked for at the end.
         Returns ``(N,)`` / ``(N, d)``, with a leading ``K`` for an ensemble.
         """
         u, _, out_shape = self._inputs(t, x, check)
-        return _forward(self.W1, self.b, self.W2, u).reshape(out_shape)
+        out = _forward(self.W1, self.b, self.W2, u).reshape(out_shape)
+        return _checks.network_output(out, self) if check else out
 
     def score(self, x, t, *, check: bool = True):
         r"""Score ``s_theta(x, t) = -r_theta(t, x) / sigma(t)``, ``sigma(t) = sqrt(1 - e^{-2t})``.
@@ -206,6 +208,8 @@ class TimeScoreNet(nn.Module):
         if check_t and bool((tt <= 0).any()):
             raise ValueError("t must be > 0 for the score (sigma(0) = 0)")
         r = _forward(self.W1, self.b, self.W2, u)
+        if check:
+            _checks.network_output(r, self)
         sig = torch.sqrt(-torch.expm1(-2.0 * tt))
         return (-r / sig[..., None]).reshape(out_shape)
 
@@ -217,11 +221,19 @@ def _forward(W1, b, W2, u):
     ``2^22`` entries (many sample points, wide nets, ensembles)."""
     K = W1.shape[0] if W1.dim() == 3 else 1
     rows = max(1, (1 << 22) // (K * W1.shape[-2]))
-    outs = []
-    for s in range(0, max(u.shape[-2], 1), rows):
-        h = torch.relu(u[..., s:s + rows, :] @ W1.transpose(-1, -2) + b.unsqueeze(-2))
-        outs.append(h @ W2.transpose(-1, -2))
-    return torch.cat(outs, dim=-2) / W1.shape[-2]
+
+    def block(uc):
+        return torch.relu(uc @ W1.transpose(-1, -2) + b.unsqueeze(-2)) @ W2.transpose(-1, -2)
+
+    N = u.shape[-2]
+    if N <= rows:
+        return block(u) / W1.shape[-2]
+    # many points: blocks written into one preallocated output (no list of pieces to join)
+    lead = torch.broadcast_shapes(u.shape[:-2], W1.shape[:-2])
+    out = u.new_empty(*lead, N, W2.shape[-2])
+    for s in range(0, N, rows):
+        out[..., s:s + rows, :] = block(u[..., s:s + rows, :])
+    return out / W1.shape[-2]
 
 
 # ---------------------------------------------------------------------- training
@@ -295,6 +307,8 @@ def _learning_rates(lr, K, dtype, device):
             raise ValueError("lr entries must be positive")
         return t, t.clone()
     v = _checks.positive(lr, "lr")
+    if v > torch.finfo(dtype).max:
+        raise ValueError(f"lr = {v:g} is beyond the range of the network's dtype {dtype}")
     return torch.full((K,), v, dtype=dtype, device=device), v
 
 
@@ -570,6 +584,8 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     """
     if not isinstance(net, TimeScoreNet):
         raise TypeError(f"net must be a TimeScoreNet, got {type(net).__name__}")
+    # a net that already holds NaN could only be "frozen" at NaN: refuse it
+    _checks.finite_parameters("net", W1=net.W1, b=net.b, W2=net.W2)
     dtype, device = net.W1.dtype, net.W1.device
     x0 = _train_data(data, net, dtype, device)
     steps = _checks.integer(steps, "steps", minimum=1)
@@ -685,6 +701,7 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     return TimeTrainResult(net=net, loss_history=hist, log_steps=log_steps, final_loss=final,
                            diverged=diverged, diverged_step=diverged_at, steps=steps, lr=lr_out,
                            batch_size=batch_size, reduction=reduction,
-                           time_weighting=time_weighting, T=float(T), delta=float(delta),
+                           time_weighting=time_weighting, T=_checks.positive(T, "T"),
+                           delta=_checks.positive(delta, "delta"),
                            num_times=int(num_times), seconds=seconds,
                            steps_per_second=steps / max(seconds, 1e-12))

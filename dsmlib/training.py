@@ -96,7 +96,7 @@ class TrainResult:
 def _lr_vector(lr, K, single):
     """(lr as reported, per-member float64 tensor (K,))."""
     t = _per_member_positive(lr, "lr", K, single)
-    if isinstance(lr, torch.Tensor) and lr.dim() == 0 or isinstance(lr, (numbers.Real, np.generic)):
+    if _one_number(lr):
         return float(t[0]), t
     return t.clone(), t
 
@@ -244,11 +244,14 @@ def _validate(net, data, mu, sigma, lr, steps, batch_size, reduction, log_every,
     diverge_threshold = _checks.positive(diverge_threshold, "diverge_threshold")
     if net.W2.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"train_sgd trains float32 or float64 nets, got {net.W2.dtype}")
+    # a net that already holds NaN could only be "frozen" at NaN: refuse it
+    _checks.finite_parameters("net", **dict(zip(("W1", "b", "W2"), net._stacked())))
     single = net.ensemble is None
     K = 1 if single else net.ensemble
-    mu = _per_member_positive(mu, "mu", K, single)
-    sigma = _per_member_positive(sigma, "sigma", K, single)
-    dev = net.W2.device if device is None else torch.device(device)
+    mu = _checks.noise_levels(_per_member_positive(mu, "mu", K, single), "mu", net.W2.dtype)
+    sigma = _checks.noise_levels(_per_member_positive(sigma, "sigma", K, single), "sigma",
+                                 net.W2.dtype)
+    dev = net.W2.device if device is None else _checks.device(device)
     x = _training_data(data, net, K, dev)
     lr_out, lr_vec = _lr_vector(lr, K, single)
     return x, mu, sigma, lr_out, lr_vec, steps, batch_size, log_every, diverge_threshold, dev
@@ -256,7 +259,7 @@ def _validate(net, data, mu, sigma, lr, steps, batch_size, reduction, log_every,
 
 def _training_data(data, net, K, dev):
     """Shared data as (n, d), or per-member data as (K, n, d)."""
-    x = _checks.as_tensor(data, "data", dtype=net.W2.dtype, device=dev)
+    x = _checks.as_tensor(data, "data", dtype=net.W2.dtype, device=dev).detach()
     d = net.dim
     if x.dim() == 1 or (x.dim() == 2 and (d > 1 or x.shape[1] == 1)):
         x, _ = _checks.data_2d(x, "data")                    # shared: (n,) or (n, d)
@@ -276,13 +279,19 @@ def _training_data(data, net, K, dev):
     return x
 
 
+def _one_number(v) -> bool:
+    """A single number: Python or NumPy scalar, 0-d array or 0-d tensor."""
+    return (isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 0
+            or isinstance(v, (numbers.Real, np.generic)))
+
+
 def _per_member_positive(v, name, K, single):
     """A positive number or a (K,) sequence of them -> float64 CPU tensor (K,)."""
-    if isinstance(v, torch.Tensor) and v.dim() == 0 or isinstance(v, (numbers.Real, np.generic)):
+    if _one_number(v):
         return torch.full((K,), _checks.positive(v, name), dtype=torch.float64)
     if single:
         raise ValueError(f"{name} must be a single number for a single (non-ensemble) net")
-    t = _checks.as_tensor(v, name, dtype=torch.float64).cpu()   # lists go through float64
+    t = _checks.as_tensor(v, name, dtype=torch.float64).detach().cpu()   # lists via float64
     if t.dim() != 1 or t.shape[0] != K:
         raise ValueError(f"{name} must be a number or a 1-D sequence of {K} values "
                          f"(one per member), got shape {tuple(t.shape)}")

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -97,3 +98,125 @@ def test_saved_file_has_default_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert p.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def _writer(target, tmp_path):
+    """A child process saving a large results file over and over (started, and ready)."""
+    code = (
+        "import numpy as np, sys\n"
+        "from dsmlib.io import save_results\n"
+        "a = np.random.default_rng(0).standard_normal(2_000_000)\n"
+        "print('ready', flush=True)\n"
+        "for i in range(1000):\n"
+        f"    save_results({str(target)!r}, {{'a': a}}, {{'i': 0}})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    return proc
+
+
+def _temporaries(folder):
+    return [f for f in os.listdir(folder) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_save_leaves_only_complete_files(tmp_path, sig):
+    # SIGTERM: the save removes its temporary file before the process ends. SIGKILL cannot be
+    # caught: a hidden temporary file may remain, the result file is complete or absent, and the
+    # next save to the folder removes the dead writer's temporary file.
+    target = tmp_path / "big.npz"
+    proc = _writer(target, tmp_path)
+    import time
+    time.sleep(1.2)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    visible = [f for f in os.listdir(tmp_path) if not f.startswith(".")]
+    assert visible in ([], ["big.npz"])
+    if target.exists():
+        arrays, _ = load_results(target)
+        assert arrays["a"].shape == (2_000_000,)
+    if sig == signal.SIGTERM:
+        assert _temporaries(tmp_path) == []
+        assert proc.returncode in (143, -signal.SIGTERM)
+    save_results(tmp_path / "other.npz", {"b": np.ones(3)}, {"j": 1})   # another file, same folder
+    assert _temporaries(tmp_path) == []
+
+
+def test_stale_temporaries_of_live_writers_are_kept(tmp_path):
+    from dsmlib import io as dio
+    live = tmp_path / f".r.npz.{dio._host()}.{os.getpid()}.abcd.tmp"       # this process: alive
+    dead = tmp_path / f".r.npz.{dio._host()}.999999999.abcd.tmp"
+    other_host = tmp_path / ".r.npz.elsewhere.1.abcd.tmp"
+    legacy_old, legacy_new = tmp_path / "r.npz.x1y2z3.tmp", tmp_path / "r.npz.q9w8e7.tmp"
+    for f in (live, dead, other_host, legacy_old, legacy_new):
+        f.write_bytes(b"partial")
+    old = os.path.getmtime(legacy_old) - 3600
+    os.utime(legacy_old, (old, old))
+    save_results(tmp_path / "r.npz", {"a": np.ones(2)}, Cfg())
+    left = sorted(_temporaries(tmp_path))
+    assert left == sorted([live.name, other_host.name, legacy_new.name])
+
+
+def test_metadata_version_and_arrays_are_checked(tmp_path):
+    p = save_results(tmp_path / "r.npz", {"a": np.ones(2), "b": np.zeros(3)}, Cfg())
+    arrays, meta = load_results(p, expected_arrays=["a", "b"])
+    assert meta["arrays"] == ["a", "b"]
+    with pytest.raises(ResultsError, match="'c'") as info:
+        arrays["c"]
+    assert isinstance(info.value, KeyError)                 # code catching KeyError still works
+    with pytest.raises(ResultsError, match="lacks the arrays"):
+        load_results(p, expected_arrays=["a", "c"])
+    # the same file as written by another version of dsmlib
+    with np.load(p) as z:
+        data = {k: z[k] for k in z.files if k != "__meta__"}
+        meta = json.loads(str(z["__meta__"]))
+    for version, ok in (("0.1.7", True), ("0.2.0", False), ("1.1.0", False)):
+        meta["version"] = version
+        np.savez(p, **data, __meta__=np.array(json.dumps(meta)))
+        if ok:
+            load_results(p)
+        else:
+            with pytest.raises(ResultsError, match=f"dsmlib {version}"):
+                load_results(p)
+            assert load_results(p, allow_other_version=True)[1]["version"] == version
+    save_results(p, {"a": np.ones(2), "b": np.zeros(3)}, Cfg())   # same config: replaced
+    assert load_results(p)[1]["version"] == dsm.__version__
+    # an array removed from the archive (checksum recomputed by hand): the list in __meta__ tells
+    meta["version"], meta["checksum"] = dsm.__version__, dsm.io._checksum({"a": data["a"]})
+    np.savez(p, a=data["a"], __meta__=np.array(json.dumps(meta)))
+    with pytest.raises(ResultsError, match="should hold"):
+        load_results(p)
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', "3", "{", '{"config": {}}',
+                                  '{"config": [], "version": "0.1.0", "checksum": "x"}',
+                                  '{"config": {}, "version": 1, "checksum": "x"}'])
+def test_malformed_metadata_is_a_results_error(tmp_path, meta):
+    p = tmp_path / "m.npz"
+    np.savez(p, a=np.ones(2), __meta__=np.array(meta))
+    with pytest.raises(ResultsError):
+        load_results(p)
+
+
+def test_check_writable(tmp_path, monkeypatch):
+    from dsmlib.io import check_writable
+    assert check_writable(tmp_path / "new" / "deeper" / "r.npz") == tmp_path / "new" / "deeper" / "r.npz"
+    assert (tmp_path / "new" / "deeper").is_dir() and _temporaries(tmp_path / "new" / "deeper") == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ResultsError, match="is a file"):
+        check_writable(tmp_path / "file" / "r.npz")
+    with pytest.raises(ResultsError, match="folder"):
+        check_writable(tmp_path)
+    monkeypatch.setattr(dsm.io.shutil, "disk_usage", lambda p: type("U", (), {"free": 10})())
+    with pytest.raises(ResultsError, match="MiB free"):
+        check_writable(tmp_path / "r.npz")
+
+
+def test_odd_arrays_are_saved_or_refused_by_name(tmp_path):
+    p = save_results(tmp_path / "r.npz", {"g": torch.ones(2, requires_grad=True),
+                                          "h": torch.ones(2, dtype=torch.bfloat16),
+                                          "be": np.ones(2, dtype=">f8")}, Cfg())
+    arrays, _ = load_results(p)
+    assert arrays["h"].dtype == np.float32 and np.array_equal(arrays["be"], np.ones(2))
+    with pytest.raises(TypeError, match="arrays\\['o'\\]"):
+        save_results(tmp_path / "o.npz", {"o": np.array([1, "x"], dtype=object)}, Cfg())

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from ..io import ResultsError
+from .. import _checks
+from .._cli import OneLineParser, run_guarded
 from .runner import FIGURES, run
 
 __all__ = ["main"]
 
+PROG = "python -m dsmlib.experiments"
+_MAX_SEEDS = 100_000
+
 
 def main(argv=None) -> int:
-    """Command line: ``python -m dsmlib.experiments fig2 --scale paper [--dim 10] ...``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dsmlib.experiments",
+    """Command line: ``python -m dsmlib.experiments fig2 --scale paper [--dim 10] ...``.
+
+    Every expected failure (a bad option, an unavailable device, an output that cannot be
+    written, a results file of another configuration, ...) is one line on stderr and a non-zero
+    exit status (see :mod:`dsmlib._cli`); ``--debug`` shows the traceback instead. The device and
+    the output are checked before anything is computed.
+    """
+    parser = OneLineParser(
+        prog=PROG,
         description="Reproduce a figure of Wu, Marion, Biau & Boyer (COLT 2025), Appendix D, and "
                     "save its results (an .npz with the configuration) under --out.")
     parser.add_argument("figure", choices=sorted(FIGURES), help="which figure to compute")
@@ -41,36 +51,41 @@ def main(argv=None) -> int:
                              "threads mostly add synchronisation; 2 helps a little for fig2 "
                              "with --dim 10)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback instead of one line")
     args = parser.parse_args(argv)
     overrides = {"device": args.device}
     if args.dim is not None:
         if args.figure not in ("fig2", "mechanism"):
             parser.error("--dim applies to fig2 and mechanism only")
+        if args.dim < 1:
+            parser.error(f"--dim must be >= 1, got {args.dim}")
         overrides["dim"] = args.dim
     tag = None
     if args.seeds is not None:
-        if args.seeds < 1:
-            parser.error("--seeds must be >= 1")
+        if not 1 <= args.seeds <= _MAX_SEEDS:
+            parser.error(f"--seeds must be between 1 and {_MAX_SEEDS}, got {args.seeds}")
         overrides["seeds"] = tuple(range(args.seeds))
         tag = f"s{args.seeds}"
     if args.threads < 1:
-        parser.error("--threads must be >= 1")
-    torch.set_num_threads(args.threads)
-    try:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {args.out} is a file; it must be a folder")
+
+    def body():
+        _checks.device(args.device, "--device")
+        torch.set_num_threads(args.threads)
         t0 = time.perf_counter()
         arrays, meta, path = run(args.figure, args.scale, args.out, tag=tag,
                                  overwrite=args.overwrite, progress=not args.quiet, **overrides)
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    except ResultsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    extra = meta.get("extra", {})
-    print(f"{path}: wall {extra.get('wall_seconds', float('nan')):.1f} s, "
-          f"CPU {extra.get('cpu_seconds', float('nan')):.1f} s "
-          f"(this call {time.perf_counter() - t0:.1f} s)")
-    return 0
+        extra = meta.get("extra", {})
+        print(f"{path}: wall {extra.get('wall_seconds', float('nan')):.1f} s, "
+              f"CPU {extra.get('cpu_seconds', float('nan')):.1f} s "
+              f"(this call {time.perf_counter() - t0:.1f} s)")
+        return 0
+
+    return run_guarded(PROG, body, args.debug, interrupted="interrupted: nothing was written")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..io import ResultsError, config_to_dict, load_results, save_results
+from .. import _checks
+from ..io import ResultsError, check_writable, config_to_dict, load_results, save_results
 from .diffusion import Fig3Config, Fig4Config, fig3, fig4
 from .decomposition import Mechanism2dConfig, MechanismConfig, mechanism, mechanism2d
 from .open_questions import GenerationConfig, PhaseConfig, generation, phase
@@ -95,6 +97,10 @@ def run(name: str, scale: str = "book", out_dir="results", *, tag: str | None = 
             raise ResultsError(f"{path} holds results of a different configuration; pass "
                                f"overwrite=True (--overwrite), or another tag or out_dir")
         return arrays, meta, path
+    # before hours of computing: the device exists and the file can be written (else one clear
+    # ValueError / ResultsError now, not a traceback at the end)
+    _checks.device(config.device)
+    check_writable(path)
     fn = FIGURES[name][1]
     wall0, cpu0 = time.perf_counter(), time.process_time()
     arrays = fn(config, progress=progress)
@@ -105,7 +111,17 @@ def run(name: str, scale: str = "book", out_dir="results", *, tag: str | None = 
         "cpu_seconds": time.process_time() - cpu0,
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    save_results(path, arrays, identity, extra=extra, overwrite=overwrite)
+    try:
+        save_results(path, arrays, identity, extra=extra, overwrite=overwrite)
+    except OSError as exc:       # e.g. the disk filled up while computing: keep the work anyway
+        rescue = Path(tempfile.gettempdir()) / path.name
+        try:
+            save_results(rescue, arrays, identity, extra=extra, overwrite=True)
+        except OSError:
+            raise ResultsError(f"could not write {path} ({exc.strerror or exc}); the results "
+                               f"are lost") from exc
+        raise ResultsError(f"could not write {path} ({exc.strerror or exc}); the results were "
+                           f"saved to {rescue} instead") from exc
     return load_results(path) + (path,)
 
 
