@@ -210,6 +210,50 @@ def test_phase_boundary_and_exponent_on_a_known_diagram():
     assert b == pytest.approx(2.0, rel=1e-10) and a == pytest.approx(math.log(0.1)) and k == 4
 
 
+def _with_units(res, active=0.8):
+    """The synthetic diagram with an active-unit fraction and TV_pi for every run."""
+    shape = res["excess_last"].shape
+    res["active_last"] = np.full(shape, active)
+    res["tv_star"] = np.full(res["zero_excess"].shape, 4.0)
+    res["tv_decay"] = np.full(shape, 1.0)
+    return res
+
+
+def test_boundary_cause_on_a_known_diagram():
+    res, eta_c = _synthetic_phase(S=4)
+    res = _with_units(res)
+    eta, status = oq.phase_boundary(res, 0.25)
+    k = np.searchsorted(res["lrs"], eta_c)             # first grid rate at or above eta_c
+    # (n=0, sigma 0): 2 of 4 runs diverge at k -> median +inf -> divergence
+    res["diverged"][0, k[0]:, 0, :2] = True
+    # (n=0, sigma 1): 2 of 4 collapsed at k (median finite, q of a collapsed run = its last iterate)
+    res["collapsed"][0, k[1], 1, :2] = True
+    # (n=0, sigma 2): no dead run, but the live runs keep 0.3 of their units at k (0.8 at the start)
+    res["active_last"][0, k[2], 2] = 0.8 * 0.3
+    # (n=1, sigma 0): already above the level at the smallest rate
+    res["excess_decay"][1, :, 0] = res["excess_last"][1, :, 0] = 1.0
+    # (n=1, sigma 1): never above
+    res["excess_decay"][1, :, 1] = res["excess_last"][1, :, 1] = 0.1
+    out = oq.boundary_cause(res, 0.25)
+    names = np.array(oq.CAUSES)[out["cause"]]
+    assert names.tolist() == [["divergence", "collapse", "collapse", "live"],
+                              ["below grid", "never", "live", "live"]]
+    assert out["index"][0].tolist() == k.tolist() and out["index"][1, 0] == 0
+    assert out["index"][1, 1] == -1 and math.isnan(out["dead_share"][1, 1])
+    assert out["dead_share"][0, 0] == 0.5 and out["dead_share"][0, 1] == 0.5
+    assert out["active_ratio"][0, 2] == pytest.approx(0.3)
+    assert out["active_ratio"][0, 3] == 1.0
+    np.testing.assert_allclose(out["tv_ratio"][0, 1:], 0.25)        # the live runs' TV / TV*
+    # at the divergence cell the crossing is the grid point itself, not the interpolated eta_c
+    assert eta[0, 0] == pytest.approx(eta_c[0]) and res["lrs"][k[0]] > 1.01 * eta_c[0]
+    assert oq.phase_boundary(res, 0.25)[0][0, 0] == res["lrs"][k[0]]
+    # one collapsed run of four is below the share: live
+    res["collapsed"][0, k[1], 1, 1] = False
+    assert oq.CAUSES[oq.boundary_cause(res, 0.25)["cause"][0, 1]] == "live"
+    with pytest.raises(ValueError, match="share"):
+        oq.boundary_cause(res, 0.25, share=0)
+
+
 def test_relative_excess_separates_collapsed_and_diverged():
     res, _ = _synthetic_phase()
     res["excess_decay"] = res["excess_decay"] * 0.5

@@ -29,7 +29,8 @@ Command line (``--help`` lists the options)::
 
 Modules: ``sweeps`` (Fig. 1-2), ``diffusion`` (Fig. 3-4 and the side experiments), ``decomposition``
 (what keeps SGD away from ``s*``: the ``mechanism`` experiment), ``open_questions`` (the
-``phase`` and ``generation`` experiments of the chapter "The open questions, measured"), ``runner``
+``phase`` and ``generation`` experiments of the chapter "The open questions, measured"; their
+analysis in ``open_analysis``), ``runner``
 (presets, deviations, result files) and ``__main__`` (the command line). See the chapters
 "Large learning rates memorize less", "What keeps SGD away from s*", "Higher dimension
 memorizes less" and "The open questions, measured".

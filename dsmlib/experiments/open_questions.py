@@ -21,6 +21,9 @@ is the command line's: these are not settings of the paper):
   the Gaussian fitted to the data, the sampler driven by the true score, and fresh true samples
   (the noise floor of each distance).
 
+The analysis of both results (phase boundary, what sets it, exponents, onset of memorization)
+lives in :mod:`dsmlib.experiments.open_analysis`; its functions are re-exported here.
+
 Randomness comes from the seeds only (``_common._generator`` streams).
 """
 
@@ -45,11 +48,13 @@ from ..training import train_sgd
 from ._common import _DATA, _EVAL, _INIT, _SAMPLE, _TRAIN, _check_common, _check_lrs, \
     _generator, _progress
 from .decomposition import time_net_activity
+from .open_analysis import (CAUSES, boundary_cause, bootstrap_exponent, crossing, fit_power,
+                            onset_time, phase_boundary, relative_excess)
 from .sweeps import _schedule
 
 __all__ = ["PhaseConfig", "phase", "relative_excess", "crossing", "phase_boundary",
-           "fit_power", "bootstrap_exponent", "GenerationConfig", "generation",
-           "true_variance", "onset_time"]
+           "CAUSES", "boundary_cause", "fit_power", "bootstrap_exponent", "GenerationConfig",
+           "generation", "true_variance", "onset_time"]
 
 
 def _positive_int(v, name):
@@ -232,152 +237,6 @@ def phase(config: PhaseConfig | None = None, *, progress: bool = False) -> dict:
         "seeds": np.array(cfg.seeds, dtype=np.int64), "flow_time": np.array(cfg.flow_time),
         "train_seconds": seconds,
     })
-    return out
-
-
-# ---------------------------------------------------------------------------- phase analysis
-
-_STATES = ("last", "avg", "decay")
-_AMONG = ("all", "live")
-
-
-def relative_excess(res: dict, state: str = "decay", among: str = "all") -> np.ndarray:
-    r"""Relative excess risk ``q = (R_n(s) - R_n(s*)) / (R_n(0) - R_n(s*))`` of every network.
-
-    ``q = 0`` is ``s*`` itself, ``q = 1`` the score 0 (a collapsed network has ``q ≈ 1``).
-    ``state``: which network of a live run is measured (``"last"``, ``"avg"`` or ``"decay"``, the
-    one after the learning-rate decay); a *collapsed* run (no unit active on the data at the end
-    of training) always counts with its last iterate (reviving units in the decay is not noise
-    removal). ``among="all"``: diverged runs get ``q = +inf`` (they do not fit ``s*``);
-    ``among="live"``: collapsed and diverged runs are NaN (left out of medians).
-    Returns (N, L, T, S).
-    """
-    if state not in _STATES:
-        raise ValueError(f"state must be one of {_STATES}, got {state!r}")
-    if among not in _AMONG:
-        raise ValueError(f"among must be one of {_AMONG}, got {among!r}")
-    zero = res["zero_excess"][:, None]
-    q = np.where(res["collapsed"], res["excess_last"], res[f"excess_{state}"]) / zero
-    if among == "live":
-        return np.where(res["collapsed"] | res["diverged"], math.nan, q)
-    return np.where(res["diverged"], math.inf, q)
-
-
-def crossing(x, values, level: float):
-    r"""The first ``x`` at which ``values`` reaches ``level``, interpolated in ``log x``.
-
-    x: increasing positive grid (L,); values: (L,) (NaN entries are skipped, ``+inf`` counts as
-    above). With ``k`` the first index where ``values[k] >= level``, the crossing is interpolated
-    linearly in ``log x`` between ``x[k-1]`` and ``x[k]`` (linear in the values; ``x[k]`` itself
-    when ``values[k]`` is infinite). Returns ``(x_c, status)``: status ``0`` inside the grid,
-    ``-1`` already at or above ``level`` at the first valid point (``x_c`` = that point: an upper
-    bound), ``+1`` never reached (``x_c = nan``).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
-    ok = ~np.isnan(v)
-    x, v = x[ok], v[ok]
-    above = np.flatnonzero(v >= level)
-    if above.size == 0:
-        return math.nan, 1
-    k = int(above[0])
-    if k == 0:
-        return float(x[0]), -1
-    if not np.isfinite(v[k]):
-        return float(x[k]), 0
-    frac = (level - v[k - 1]) / (v[k] - v[k - 1])
-    return float(np.exp(np.log(x[k - 1]) + frac * (np.log(x[k]) - np.log(x[k - 1])))), 0
-
-
-def _median(q, axis):
-    """nanmedian that keeps +inf (diverged runs count as 'above') and is NaN for empty slices."""
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmedian(q, axis=axis)
-
-
-def phase_boundary(res: dict, level: float = 0.25, *, state: str = "decay", among: str = "all",
-                   per_set: bool = False, seeds=None):
-    r"""The learning rate at which the learned score leaves ``s*``, per (n, sigma).
-
-    The criterion: the median over the data sets of the relative excess risk
-    :func:`relative_excess` (``state``, ``among``) reaches ``level`` (the fraction of the zero
-    score's excess risk), first crossing on the lr grid, interpolated in log eta
-    (:func:`crossing`). ``per_set=True``: the crossing of each data set's own curve instead of the
-    median. seeds: indices of the data sets to use (default all; repeated indices allowed, for the
-    bootstrap). Returns ``(eta_c, status)`` of shape (N, T), or (N, T, S) with ``per_set``.
-    """
-    q = relative_excess(res, state, among)
-    if seeds is not None:
-        q = q[..., np.asarray(seeds)]
-    lrs = res["lrs"]
-    N, L, T, S = q.shape
-    if per_set:
-        eta = np.full((N, T, S), math.nan)
-        status = np.zeros((N, T, S), dtype=np.int64)
-        for i in np.ndindex(N, T, S):
-            eta[i], status[i] = crossing(lrs, q[i[0], :, i[1], i[2]], level)
-        return eta, status
-    med = _median(q, axis=-1)                                              # (N, L, T)
-    eta = np.full((N, T), math.nan)
-    status = np.zeros((N, T), dtype=np.int64)
-    for i in np.ndindex(N, T):
-        eta[i], status[i] = crossing(lrs, med[i[0], :, i[1]], level)
-    return eta, status
-
-
-def fit_power(x, y, mask=None):
-    r"""Least-squares fit ``log y = a + b log x`` over the finite, positive entries (and ``mask``).
-
-    Returns ``(b, a, count)``; ``b = a = nan`` with fewer than two points.
-    """
-    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if mask is not None:
-        ok &= np.asarray(mask, dtype=bool).ravel()
-    if ok.sum() < 2 or np.ptp(np.log(x[ok])) == 0:
-        return math.nan, math.nan, int(ok.sum())
-    b, a = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
-    return float(b), float(a), int(ok.sum())
-
-
-def bootstrap_exponent(res: dict, level: float = 0.25, *, state: str = "decay",
-                       among: str = "all", reps: int = 1000, seed: int = 0, ci: float = 0.95):
-    r"""The sigma exponent of the boundary, per n, with a bootstrap interval over the data sets.
-
-    For each n: the slope ``b`` of ``log eta_c = a + b log sigma`` over the noise levels whose
-    crossing lies inside the grid (:func:`phase_boundary`); then ``reps`` resamples of the data
-    sets (with replacement, the same resample for every n and sigma) give the percentile interval.
-    Also the slope against ``sigma^2 / mu`` (the theory's combination; 1 if the boundary follows
-    it). Returns a dict of (N,) arrays: ``slope``, ``lo``, ``hi``, ``points`` (cells used),
-    ``slope_theory``, ``lo_theory``, ``hi_theory``.
-    """
-    sig, mu = res["sigma"], res["mu"]
-    N, S = res["zero_excess"].shape[0], res["zero_excess"].shape[-1]
-    rng = np.random.default_rng(seed)
-
-    def slopes(seeds):
-        eta, status = phase_boundary(res, level, state=state, among=among, seeds=seeds)
-        inside = status == 0
-        a = [fit_power(sig, eta[i], inside[i])[0] for i in range(N)]
-        b = [fit_power(sig ** 2 / mu, eta[i], inside[i])[0] for i in range(N)]
-        return np.array(a), np.array(b), inside.sum(1)
-
-    b0, t0, points = slopes(None)
-    boot = [slopes(rng.integers(0, S, S)) for _ in range(int(reps))]
-    ba = np.array([b[0] for b in boot])
-    bt = np.array([b[1] for b in boot])
-    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out = {"slope": b0, "lo": np.nanpercentile(ba, lo_q, 0),
-                   "hi": np.nanpercentile(ba, hi_q, 0), "points": points,
-                   "slope_theory": t0, "lo_theory": np.nanpercentile(bt, lo_q, 0),
-                   "hi_theory": np.nanpercentile(bt, hi_q, 0)}
     return out
 
 
@@ -633,29 +492,3 @@ def generation(config: GenerationConfig | None = None, *, progress: bool = False
         "true_variance": np.array(var),
     })
     return out
-
-
-def onset_time(res: dict, level=None, *, fraction: float = 0.5):
-    r"""When memorization starts: the first checkpoint flow time at which the median (over the
-    seeds) memorization fraction reaches ``level``, interpolated in log time (:func:`crossing`).
-
-    level: a number, or None for the book's relative level per n: the Gaussian fit's median
-    memorization plus ``fraction`` of the way to the ``s*`` sampler's,
-    ``m_gauss + fraction (m_star - m_gauss)``. Returns ``(tau, status, level)`` with tau and
-    status (N, L) (status as in :func:`crossing`) and the level used (N,).
-    """
-    names = list(res["reference_names"])
-    mem = res["memorization"]
-    N, L = mem.shape[:2]
-    if level is None:
-        ref = _median(res["ref_memorization"], axis=1)                     # (N, 4)
-        m_star, m_gauss = ref[:, names.index("star")], ref[:, names.index("gauss")]
-        lev = m_gauss + fraction * (m_star - m_gauss)
-    else:
-        lev = np.full(N, float(level))
-    med = _median(mem, axis=2)                                             # (N, L, C)
-    tau = np.full((N, L), math.nan)
-    status = np.zeros((N, L), dtype=np.int64)
-    for ni, li in np.ndindex(N, L):
-        tau[ni, li], status[ni, li] = crossing(res["flow_times"], med[ni, li], lev[ni])
-    return tau, status, lev
