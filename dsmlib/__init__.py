@@ -20,8 +20,9 @@ from .optimal import (optimal_score, optimal_score_derivative, posterior_moments
 from .risk import dsm_risk, excess_risk, noise_nodes
 from .networks import TwoLayerScoreNet, make_generators, active_fraction
 from .training import train_sgd, TrainResult
-from .stability import (relu_net_risk, sharpness, stability_threshold, gauss_newton_matrix,
-                        gauss_newton_sharpness, full_batch_gd, perturbation_test)
+from .stability import relu_net_risk, sharpness, stability_threshold
+from .gauss_newton import gauss_newton_matrix, gauss_newton_sharpness
+from .gradient_descent import full_batch_gd, perturbation_test
 from .theory import (min_gap, theorem_lr_threshold, theorem_excess_bound, tv_lower_bound,
                      tv_lower_bound_condition, optimal_risk_bound, prop2_midpoint_bound,
                      prop2_near_data_bound, cor3_derivative_gap, posterior_near_data_lemma,

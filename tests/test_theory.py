@@ -21,7 +21,8 @@ from dsmlib.networks import TwoLayerScoreNet
 from dsmlib.optimal import optimal_score, optimal_score_derivative, posterior_moments
 from dsmlib.regularity import _optimal_score_second_derivative, tv_weight_pieces
 from dsmlib.risk import dsm_risk
-from dsmlib.stability import gauss_newton_sharpness, relu_net_risk, sharpness
+from dsmlib.gauss_newton import gauss_newton_sharpness
+from dsmlib.stability import relu_net_risk, sharpness
 from dsmlib.theory import (cor3_derivative_gap, min_gap, optimal_risk_bound,
                            posterior_midpoint_lemma, posterior_near_data_lemma,
                            prop2_midpoint_bound, prop2_near_data_bound, prop6_bound_terms,
