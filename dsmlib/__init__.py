@@ -32,7 +32,8 @@ from .theory import (min_gap, theorem_lr_threshold, theorem_excess_bound, tv_low
 from .regularity import tv_weight_pieces, tv_weight, weighted_tv
 from .sampling import reverse_sde_sample, reverse_time_grid, optimal_score_fn
 from .metrics import mmd, nearest_neighbor_distances, memorization_fraction, fitted_gaussian
-from .timenet import TimeScoreNet, train_time_score_net
+from .timenet import TimeScoreNet
+from .timenet_training import train_time_score_net
 from .io import save_results, load_results, ResultsError
 
 _LAZY = ("experiments", "plotting", "playground", "widgets")

@@ -579,7 +579,7 @@ def time_net_activity(net, data, *, num: int, T: float, delta: float, num_times:
     """Fraction of hidden units of a TimeScoreNet (ensemble) active on at least one of ``num``
     training inputs ``[t, mu(t) x_I + sigma(t) z]`` drawn as in training. Returns (K,)."""
     from ..schedule import ou_mu, ou_sigma
-    from ..timenet import time_grid_weights
+    from ..timenet_training import time_grid_weights
 
     times, probs = time_grid_weights(T, delta, num_times, time_weighting)
     dev = net.W1.device
@@ -613,7 +613,8 @@ def mechanism2d(config: Mechanism2dConfig | None = None, *, progress: bool = Fal
     """
     from ..metrics import fitted_gaussian, memorization_fraction, mmd
     from ..sampling import optimal_score_fn, reverse_sde_sample
-    from ..timenet import TimeScoreNet, train_time_score_net
+    from ..timenet import TimeScoreNet
+    from ..timenet_training import train_time_score_net
 
     cfg = Mechanism2dConfig() if config is None else config
     dev = torch.device(cfg.device)
