@@ -9,8 +9,8 @@ with the paper's scaling and initialisation ``W1 ~ N(0, 1/(d+1))``, ``W2 ~ N(0, 
 -z / sigma`` given ``x_0``, the score model is ``s_theta(x, t) = -r_theta(t, x) / sigma(t)``.
 
 This module holds the network (:class:`TimeScoreNet`, one net or an ensemble of ``K``); its
-trainer, :func:`dsmlib.train_time_score_net`, lives in :mod:`dsmlib.timenet_training`. See
-chapter 8, "Large learning rates memorize less", and chapter 9.
+trainer, :func:`dsmlib.train_time_score_net`, lives in :mod:`dsmlib.timenet_training`. See the
+chapters "Large learning rates memorize less" and "Higher dimension memorizes less".
 """
 
 from __future__ import annotations

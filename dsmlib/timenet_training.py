@@ -6,7 +6,8 @@ every step, for ``K`` networks at once (leading ensemble axis, batched matrix pr
 hand-written gradients, or the fused Triton kernel of :mod:`dsmlib._fused_timenet` on a GPU).
 :func:`time_grid_weights` gives the training times and their probabilities. The switches
 ``USE_CUDA_GRAPHS`` and ``USE_FUSED`` of this module set the defaults of ``cuda_graph=None`` and
-``fused=None``. See chapter 8, "Large learning rates memorize less", and chapter 9.
+``fused=None``. See the chapters "Large learning rates memorize less" and "Higher dimension
+memorizes less".
 """
 
 from __future__ import annotations
@@ -337,7 +338,8 @@ def train_time_score_net(net: TimeScoreNet, data, *, lr, steps: int, batch_size:
     ``c = 1`` (``"sum"``: the paper's text; the step then grows with ``B``) or ``c = 1/(B d)``
     (``"mean_all"``: mean over batch *and* coordinates, as ``torch.nn.MSELoss`` computes it).
     The curvature of ``L`` grows like ``E|x_t|^2 ~ d`` for ``"mean"`` but not for ``"mean_all"``,
-    so the largest stable ``lr`` shrinks with ``d`` under ``"mean"`` (chapter 9 discusses this).
+    so the largest stable ``lr`` shrinks with ``d`` under ``"mean"`` (the chapter "Higher
+    dimension memorizes less" discusses this).
 
     net: trained in place (its dtype and device are used). data: ``(n,)`` or ``(n, d)`` with
     ``d = net.dim``, shared by every member, or ``(K, n, d)``: one data set per member of an

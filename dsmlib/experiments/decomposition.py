@@ -118,7 +118,7 @@ class MechanismConfig:
     @classmethod
     def preset(cls, scale: str, dim: int = 1) -> "MechanismConfig":
         """The paper's Fig. 2 protocol (``"paper"``) or the book's reduced one (``"book"``: in 1-D
-        a quarter of the steps, as chapter 8's book-scale Fig. 2, and 6 data sets; in d > 1 a
+        a quarter of the steps, as the book-scale Fig. 2, and 6 data sets; in d > 1 a
         tenth of the steps and 4 data sets, as its d = 10 run)."""
         if scale == "paper":
             return cls(dim=dim)
