@@ -1,4 +1,4 @@
-"""Slider-to-redraw time of the chapter 10 playground.
+"""Slider-to-redraw time of the playground chapter.
 
     python benchmarks/bench_playground.py [--moves 20] [--seed 0]
 

@@ -8,7 +8,8 @@ r"""Memorization metrics: MMD, nearest-neighbour distances and ratio, the fitted
   large-learning-rate samples resemble in Fig. 3.
 
 All pairwise computations are done in row blocks, so ``N, M`` of a few ``10^4`` fit in memory.
-See chapter 3, "Measuring memorization", and chapters 8–9.
+See chapter 3, "Measuring memorization", and the experiment chapters ("Large learning rates
+memorize less", "Higher dimension memorizes less").
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ JavaScript error, failed request or request that leaves the site.
 
 Self-contained site (``vendor_assets``, ``localize_outputs``)
     The pages need four third-party front-end packages: MathJax 3 (all math), RequireJS and the
-    Jupyter widget HTML manager (the saved ipywidgets of chapter 10) and Font Awesome 4 (the
+    Jupyter widget HTML manager (the saved ipywidgets of the playground) and Font Awesome 4 (the
     buttons of matplotlib's ``to_jshtml`` animations). Their versions are pinned once, in
     package.json / package-lock.json, and ``npm ci`` installs them into node_modules/. When the
     HTML builder finishes, the files the pages use are copied from node_modules/ into

@@ -1,7 +1,7 @@
 r"""The paper's experiments (Appendix D), one function per figure, at book or paper scale.
 
 Each figure has a frozen configuration dataclass whose defaults are the paper's settings
-(``scale="paper"``); :meth:`preset` gives the reduced ``"book"`` settings that chapters 8 and 9 run
+(``scale="paper"``); :meth:`preset` gives the reduced ``"book"`` settings that the experiment chapters run
 in minutes on a laptop CPU. Each figure function takes a configuration and returns a dict of NumPy
 arrays (axes documented in its docstring), the same dict that :func:`run` saves with
 :func:`dsmlib.save_results` and :func:`load` reads back.
@@ -26,17 +26,19 @@ Command line (``--help`` lists the options)::
     python -m dsmlib.experiments fig2 --scale paper --dim 1 --out results/
 
 Modules: ``sweeps`` (Fig. 1-2), ``diffusion`` (Fig. 3-4 and the side experiments), ``decomposition``
-(what keeps SGD away from ``s*``: the ``mechanism`` experiment), ``runner``
-(presets, deviations, result files) and ``__main__`` (the command line). See chapters 8 ("Large
-learning rates memorize less") and 9 ("Higher dimension memorizes less").
+(what keeps SGD away from ``s*``: the ``mechanism`` experiment, d = 1), ``decomposition2d`` (the
+same questions for the d = 2 networks of Fig. 3: ``mechanism2d``), ``runner``
+(presets, deviations, result files) and ``__main__`` (the command line). See the chapters
+"Large learning rates memorize less", "What keeps SGD away from s*" and "Higher dimension
+memorizes less".
 """
 
 from __future__ import annotations
 
 from .diffusion import (Fig3Config, Fig4Config, fig3, fig4, fig4_combine, jitter_calibration,
                         reduction_check)
-from .decomposition import (Mechanism2dConfig, MechanismConfig, collapse_by_step, decompose,
-                            mechanism, mechanism2d)
+from .decomposition import MechanismConfig, collapse_by_step, decompose, mechanism
+from .decomposition2d import Mechanism2dConfig, mechanism2d
 from .runner import FIGURES, deviations, load, make_config, result_path, run
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 

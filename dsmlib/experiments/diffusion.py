@@ -2,8 +2,9 @@ r"""Fig. 3-4 of the paper (Appendix D): time-conditioned nets, the reverse-SDE s
 
 ``fig3``: d = 2 diffusion with a time-conditioned net: samples and MMDs for a small and a large eta.
 ``fig4``: MMD ratio vs dimension d at eta = 0.5.
-``reduction_check`` and ``jitter_calibration``: the two side experiments of chapters 8-9.
-See chapters 8 and 9.
+``reduction_check`` and ``jitter_calibration``: the two side experiments of the
+experiment chapters.
+See the chapters "Large learning rates memorize less" and "Higher dimension memorizes less".
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 from ..metrics import fitted_gaussian, memorization_fraction, mmd
 from ..sampling import optimal_score_fn, reverse_sde_sample
-from ..timenet import TimeScoreNet, train_time_score_net
+from ..timenet import TimeScoreNet
+from ..timenet_training import train_time_score_net
 from ._common import (_DATA, _EVAL, _INIT, _SAMPLE, _TRAIN, _check_common, _check_lrs,
                       _check_reduction, _generator, _progress)
 
@@ -95,9 +97,9 @@ class Fig4Config:
     generated points, ``s*`` samples and fitted-Gaussian samples. The ratio is
     ``MMD^2(generated, s*-samples) / MMD^2(s*-samples, fitted Gaussian)``: about 0 when the network
     reproduces the memorizing ``s*`` sampler, about 1 or more when it is as far from it as a plain
-    Gaussian fit is. (Our reading of Appendix D; chapter 9 discusses it.) The training points of
-    each run are n draws from N(0, data_std^2 I_d) (Appendix D does not say). reduction as in
-    :class:`Fig3Config`: with ``"mean"`` eta = 0.5 diverges for d >= 10.
+    Gaussian fit is. (Our reading of Appendix D; the dimension chapter discusses it.) The
+    training points of each run are n draws from N(0, data_std^2 I_d) (Appendix D does not say).
+    reduction as in :class:`Fig3Config`: with ``"mean"`` eta = 0.5 diverges for d >= 10.
     """
 
     scale: str = "paper"

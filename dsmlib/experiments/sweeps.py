@@ -5,7 +5,8 @@ r"""Fig. 1-2 of the paper (Appendix D): two-layer nets trained at fixed noise le
 the end of training vs ``2 / (m eta)`` and the fraction of ReLU units still active.
 
 Every sweep of learning rates x seeds (x noise levels) is trained as one ensemble per learning
-rate (a group: all its members take the same number of steps). See chapter 8.
+rate (a group: all its members take the same number of steps). See the chapter "Large learning
+rates memorize less".
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Fig1Config:
 
     @classmethod
     def preset(cls, scale: str) -> "Fig1Config":
-        """The paper's settings (``"paper"``) or the reduced ones chapter 8 runs (``"book"``)."""
+        """The paper's settings (``"paper"``) or the reduced ones the book runs (``"book"``)."""
         if scale == "paper":
             return cls()
         if scale == "book":
@@ -84,7 +85,8 @@ class Fig2Config:
     reduction: ``"mean_all"`` (default) averages the squared error over the batch *and* the d
     coordinates (as ``torch.nn.MSELoss``); it is ``"mean"`` (batch mean of the squared norm) at
     learning rate ``lr / d``, and the same as ``"mean"`` in 1-D. With ``"mean"`` the curvature grows
-    with d and eta = 0.5 diverges in d = 10 (chapter 8 shows it).
+    with d and eta = 0.5 diverges in d = 10 (shown in the chapter "Large learning rates memorize
+    less").
     """
 
     scale: str = "paper"
