@@ -1,4 +1,4 @@
-"""The playground of chapter 10: its packaged grid file, the explorer widget and the scrubbers.
+"""The playground chapter: its packaged grid file, the explorer widget and the scrubbers.
 
 Run:  python -m pytest tests/test_widgets.py -q       (about 20 s on 2 CPU cores)
 
