@@ -24,7 +24,8 @@ import time
 import torch
 
 import dsmlib as dsm
-from dsmlib.timenet import TimeScoreNet, time_grid_weights, train_time_score_net
+from dsmlib.timenet import TimeScoreNet
+from dsmlib.timenet_training import time_grid_weights, train_time_score_net
 
 CFG = dict(dim=2, n=10, width=1000, batch=5000, lr=0.05)
 

@@ -20,19 +20,21 @@ from .optimal import (optimal_score, optimal_score_derivative, posterior_moments
 from .risk import dsm_risk, excess_risk, noise_nodes
 from .networks import TwoLayerScoreNet, make_generators, active_fraction
 from .training import train_sgd, TrainResult
-from .stability import (relu_net_risk, sharpness, stability_threshold, gauss_newton_matrix,
-                        gauss_newton_sharpness, full_batch_gd, perturbation_test)
+from .stability import relu_net_risk, sharpness, stability_threshold
+from .gauss_newton import gauss_newton_matrix, gauss_newton_sharpness
+from .gradient_descent import full_batch_gd, perturbation_test
 from .theory import (min_gap, theorem_lr_threshold, theorem_excess_bound, tv_lower_bound,
-                     tv_lower_bound_condition, optimal_risk_bound, prop2_midpoint_bound,
-                     prop2_near_data_bound, cor3_derivative_gap, posterior_near_data_lemma,
-                     posterior_midpoint_lemma, prop6_bound_terms, prop6_tv_upper_bound,
-                     prop7_tv_lower_bound, prop7_conditions, sigma2_condition, sigma4_condition,
-                     theorem_checklist)
+                     tv_lower_bound_condition, optimal_risk_bound, prop6_bound_terms,
+                     prop6_tv_upper_bound, prop7_tv_lower_bound, prop7_conditions,
+                     sigma2_condition, sigma4_condition, theorem_checklist)
+from .posterior_bounds import (prop2_midpoint_bound, prop2_near_data_bound, cor3_derivative_gap,
+                               posterior_near_data_lemma, posterior_midpoint_lemma)
 from .regularity import tv_weight_pieces, tv_weight, weighted_tv
 from .sampling import reverse_sde_sample, reverse_time_grid, optimal_score_fn
 from .metrics import (mmd, nearest_neighbor_distances, memorization_fraction, fitted_gaussian,
                       energy_distance, sliced_wasserstein)
-from .timenet import TimeScoreNet, train_time_score_net
+from .timenet import TimeScoreNet
+from .timenet_training import train_time_score_net
 from .io import save_results, load_results, ResultsError
 
 _LAZY = ("experiments", "plotting", "playground", "widgets")

@@ -8,8 +8,8 @@ computes ``r = (1/m) ReLU(u W^T) W2^T`` over tiles of hidden units, then, in a s
 that recomputes the activations, the per-block partial gradients, which a fixed-order sum over
 blocks turns into the gradients (deterministic: no atomics).
 
-Same quantities as :func:`dsmlib.timenet._loss_and_grads` (its docstring has the formulas); the
-summation order differs, so the results agree to float32 rounding, not bit for bit. Used only on
+Same quantities as :func:`dsmlib.timenet_training._loss_and_grads` (its docstring has the
+formulas); the summation order differs, so the results agree to float32 rounding, not bit for bit. Used only on
 CUDA, only when Triton imports, and only after a check against the pure-torch path on the run's
 first batch (see ``train_time_score_net(fused=...)``). Runs on a CPU under Triton's interpreter
 (``TRITON_INTERPRET=1``), which is how tests/test_timenet.py checks it where Triton is installed.
@@ -87,7 +87,7 @@ if triton is not None:
 
 
 def loss_and_grads(W1, b, W2, u, z, reduction, block_b: int = 32):
-    """Fused version of :func:`dsmlib.timenet._loss_and_grads` (float32, ``d <= MAX_DIM``).
+    """Fused version of :func:`dsmlib.timenet_training._loss_and_grads` (float32, ``d <= MAX_DIM``).
 
     W1 (K, m, d+1), b (K, m), W2 (K, d, m), u (K, B, d+1), z (K, B, d). Returns
     (per-sample mean loss (K,), dL/dW1, dL/db, dL/dW2)."""

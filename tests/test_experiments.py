@@ -174,8 +174,9 @@ def test_committed_results_load():
         arrays, meta = load_results(path)
         name, scale = path.stem.split("_")[:2]
         overrides = {}
-        if name == "fig2":
-            overrides["dim"] = int(path.stem.split("_")[2][1:])
+        dims = [p for p in path.stem.split("_")[2:] if p[:1] == "d" and p[1:].isdigit()]
+        if dims:                                   # fig2_paper_d1, mechanism_book_d10, ...
+            overrides["dim"] = int(dims[0][1:])
         tag = path.stem.split("_")[-1] if path.stem.split("_")[-1].startswith("s") else None
         if tag:
             overrides["seeds"] = tuple(range(int(tag[1:])))

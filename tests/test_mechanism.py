@@ -7,6 +7,7 @@ import torch
 import dsmlib as dsm
 from dsmlib import experiments as ex
 from dsmlib.experiments import decomposition as mech
+from dsmlib.experiments import decomposition2d as mech2d
 
 TINY = dict(seeds=(0, 1), lrs=(0.5, 0.1), steps=(600, 1000), width=60, decay_steps=300,
             checkpoints=3, sharpness_iters=20, tv_grid=201)
@@ -105,9 +106,9 @@ def test_time_net_activity_counts_units():
     with torch.no_grad():
         net.W1.zero_()
         net.b.copy_(torch.tensor([[1.0, -1.0, 0.5]]))
-    act = mech.time_net_activity(net, torch.zeros(4, 1), num=100, T=1.0, delta=0.01,
-                                 num_times=10, time_weighting="sigma",
-                                 generator=torch.Generator().manual_seed(1))
+    act = mech2d.time_net_activity(net, torch.zeros(4, 1), num=100, T=1.0, delta=0.01,
+                                   num_times=10, time_weighting="sigma",
+                                   generator=torch.Generator().manual_seed(1))
     assert act.tolist() == [pytest.approx(2 / 3)]
 
 

@@ -125,7 +125,7 @@ def test_fewer_fig3_seeds_get_the_cli_tag(script, tmp_path, capsys, monkeypatch)
 
 
 def test_preflight_stops_a_wrong_training_path(script, tmp_path, capsys, monkeypatch):
-    import dsmlib.timenet as tn
+    import dsmlib.timenet_training as tn
     real = tn._loss_and_grads
 
     def wrong(*a, **k):

@@ -1,4 +1,6 @@
-"""Tests of dsmlib.stability: the closed-form risk, its derivatives, the sharpness.
+"""Tests of dsmlib.stability (the closed-form risk, its derivatives, the sharpness),
+dsmlib.gauss_newton (the Gauss-Newton matrix) and dsmlib.gradient_descent (full-batch GD, the
+perturbation test).
 
 Oracles (float64): adaptive quadrature (scipy.integrate.quad, split at the kinks) of the same
 integral; central finite differences of the function and of its gradient; the eigenvalues of the
@@ -17,8 +19,9 @@ from scipy.integrate import quad
 
 from dsmlib.networks import TwoLayerScoreNet
 from dsmlib.risk import noise_nodes
-from dsmlib.stability import (_lanczos, full_batch_gd, gauss_newton_matrix, gauss_newton_sharpness,
-                              perturbation_test, relu_net_risk, sharpness, stability_threshold)
+from dsmlib.gauss_newton import gauss_newton_matrix, gauss_newton_sharpness
+from dsmlib.gradient_descent import full_batch_gd, perturbation_test
+from dsmlib.stability import _lanczos, relu_net_risk, sharpness, stability_threshold
 
 F64 = torch.float64
 # torch.func.hessian calls torch.jit.script internally, which warns on this torch version

@@ -1,5 +1,6 @@
-"""Tests of dsmlib.theory and dsmlib.regularity: spacing, thresholds, Prop. 2 (the paper's and the
-book's lemmas), Cor. 3, Prop. 6 on networks, the conditions of Thm. 8, the weight pi and TV_pi.
+"""Tests of dsmlib.theory, dsmlib.posterior_bounds and dsmlib.regularity: spacing, thresholds,
+Prop. 2 (the paper's and the book's lemmas), Cor. 3, Prop. 6 on networks, the conditions of
+Thm. 8, the weight pi and TV_pi.
 
 Oracles (float64): brute-force pairwise distances; the definitions of pi_+/pi_- evaluated
 point by point in NumPy and integrated against the Gaussian with scipy.integrate.quad; the
@@ -21,14 +22,16 @@ from dsmlib.networks import TwoLayerScoreNet
 from dsmlib.optimal import optimal_score, optimal_score_derivative, posterior_moments
 from dsmlib.regularity import _optimal_score_second_derivative, tv_weight_pieces
 from dsmlib.risk import dsm_risk
-from dsmlib.stability import gauss_newton_sharpness, relu_net_risk, sharpness
-from dsmlib.theory import (cor3_derivative_gap, min_gap, optimal_risk_bound,
-                           posterior_midpoint_lemma, posterior_near_data_lemma,
-                           prop2_midpoint_bound, prop2_near_data_bound, prop6_bound_terms,
-                           prop6_tv_upper_bound, prop7_conditions, prop7_tv_lower_bound,
-                           sigma2_condition, sigma4_condition, theorem_checklist,
-                           theorem_excess_bound, theorem_lr_threshold, tv_lower_bound,
-                           tv_lower_bound_condition, tv_weight, weighted_tv)
+from dsmlib.gauss_newton import gauss_newton_sharpness
+from dsmlib.stability import relu_net_risk, sharpness
+from dsmlib.posterior_bounds import (cor3_derivative_gap, posterior_midpoint_lemma,
+                                     posterior_near_data_lemma, prop2_midpoint_bound,
+                                     prop2_near_data_bound)
+from dsmlib.theory import (min_gap, optimal_risk_bound, prop6_bound_terms, prop6_tv_upper_bound,
+                           prop7_conditions, prop7_tv_lower_bound, sigma2_condition,
+                           sigma4_condition, theorem_checklist, theorem_excess_bound,
+                           theorem_lr_threshold, tv_lower_bound, tv_lower_bound_condition,
+                           tv_weight, weighted_tv)
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""Tests of dsmlib.timenet: the time-conditioned net against dense float64 formulas, one SGD step
+"""Tests of dsmlib.timenet and dsmlib.timenet_training: the time-conditioned net against dense float64 formulas, one SGD step
 against autograd, the batched trainer against separate runs, and learning a Gaussian score."""
 
 import math
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dsmlib.timenet as tn
+import dsmlib.timenet_training as tt
 from dsmlib.sampling import reverse_sde_sample
 from dsmlib.schedule import ou_mu, ou_sigma
 
@@ -169,7 +170,7 @@ def test_loss_and_grads_match_autograd(reduction, chunk):
     sq = ((r - z) ** 2).sum(dim=(1, 2))
     scale = {"mean": 1 / B, "sum": 1.0, "mean_all": 1 / (B * d)}[reduction]
     ref = torch.autograd.grad((scale * sq).sum(), (W1, b, W2))
-    loss, *grads = tn._loss_and_grads(W1.detach(), b.detach(), W2.detach(), u, z, reduction,
+    loss, *grads = tt._loss_and_grads(W1.detach(), b.detach(), W2.detach(), u, z, reduction,
                                       chunk=chunk)
     assert torch.allclose(loss, sq.detach() / B, rtol=1e-12)
     for got, want in zip(grads, ref):
@@ -208,7 +209,7 @@ def test_one_training_step_matches_autograd_reference(reduction):
             loss = loss / B
         grads = torch.autograd.grad(loss, (W1, b, W2))
         new_params.append([p.detach() - m * lr[k] * gp for p, gp in zip((W1, b, W2), grads)])
-    res = tn.train_time_score_net(net, data, lr=lr, steps=1, batch_size=B, reduction=reduction,
+    res = tt.train_time_score_net(net, data, lr=lr, steps=1, batch_size=B, reduction=reduction,
                                   generator=_gens(seeds))
     for k in range(K):
         for got, want in zip((net.W1[k], net.b[k], net.W2[k]), new_params[k]):
@@ -223,12 +224,12 @@ def test_ensemble_equals_members_trained_separately():
     lrs = [0.4, 0.1, 0.02]
     kw = dict(steps=25, batch_size=40, time_weighting="inverse_sigma")
     ens = tn.TimeScoreNet(20, 2, ensemble=3, generator=_gens([1, 2, 3]), dtype=torch.float64)
-    res = tn.train_time_score_net(ens, data, lr=torch.tensor(lrs, dtype=torch.float64),
+    res = tt.train_time_score_net(ens, data, lr=torch.tensor(lrs, dtype=torch.float64),
                                   generator=_gens([7, 8, 9]), log_every=1, **kw)
     assert res.loss_history.shape == (25, 3)
     for k in range(3):
         single = tn.TimeScoreNet(20, 2, generator=_gen(k + 1), dtype=torch.float64)
-        r1 = tn.train_time_score_net(single, data, lr=lrs[k], generator=_gen(7 + k), log_every=1,
+        r1 = tt.train_time_score_net(single, data, lr=lrs[k], generator=_gen(7 + k), log_every=1,
                                      **kw)
         for p, q in zip((ens.W1[k], ens.b[k], ens.W2[k]), (single.W1, single.b, single.W2)):
             assert torch.allclose(p, q, rtol=1e-10, atol=1e-12)
@@ -242,8 +243,8 @@ def test_reduction_sum_is_mean_with_batch_times_larger_lr():
     data = torch.randn(4, 1, generator=_gen(15), dtype=torch.float64)
     a = tn.TimeScoreNet(10, 1, generator=_gen(1), dtype=torch.float64)
     b = tn.TimeScoreNet(10, 1, generator=_gen(1), dtype=torch.float64)
-    tn.train_time_score_net(a, data, lr=0.2, steps=10, batch_size=8, generator=_gen(2))
-    tn.train_time_score_net(b, data, lr=0.2 / 8, steps=10, batch_size=8, reduction="sum",
+    tt.train_time_score_net(a, data, lr=0.2, steps=10, batch_size=8, generator=_gen(2))
+    tt.train_time_score_net(b, data, lr=0.2 / 8, steps=10, batch_size=8, reduction="sum",
                             generator=_gen(2))
     assert torch.allclose(a.W2, b.W2, rtol=1e-10) and torch.allclose(a.W1, b.W1, rtol=1e-10)
 
@@ -252,9 +253,9 @@ def test_log_every_averages_windows():
     data = torch.randn(5, 2, generator=_gen(16))
     a = tn.TimeScoreNet(10, 2, generator=_gen(1))
     b = tn.TimeScoreNet(10, 2, generator=_gen(1))
-    ra = tn.train_time_score_net(a, data, lr=0.1, steps=11, batch_size=16, generator=_gen(2),
+    ra = tt.train_time_score_net(a, data, lr=0.1, steps=11, batch_size=16, generator=_gen(2),
                                  log_every=1)
-    rb = tn.train_time_score_net(b, data, lr=0.1, steps=11, batch_size=16, generator=_gen(2),
+    rb = tt.train_time_score_net(b, data, lr=0.1, steps=11, batch_size=16, generator=_gen(2),
                                  log_every=4)
     h = ra.loss_history
     want = torch.stack([h[:4].mean(), h[4:8].mean(), h[8:].mean()])
@@ -267,7 +268,7 @@ def test_log_every_averages_windows():
 def test_divergence_is_flagged_and_frozen():
     data = 3 * torch.randn(8, 2, generator=_gen(17))
     ens = tn.TimeScoreNet(50, 2, ensemble=2, generator=_gens([1, 2]))
-    res = tn.train_time_score_net(ens, data, lr=torch.tensor([50.0, 0.05]), steps=30,
+    res = tt.train_time_score_net(ens, data, lr=torch.tensor([50.0, 0.05]), steps=30,
                                   batch_size=64, generator=_gens([3, 4]), log_every=1)
     assert res.diverged.tolist() == [True, False]
     at = int(res.diverged_step[0])
@@ -284,29 +285,29 @@ def test_divergence_is_flagged_and_frozen():
     assert bool(torch.isfinite(frozen(t, data[:1].expand(64, 2))).all())
     # the healthy member is untouched by its neighbour's divergence
     single = tn.TimeScoreNet(50, 2, generator=_gen(2))
-    tn.train_time_score_net(single, data, lr=0.05, steps=30, batch_size=64, generator=_gen(4))
+    tt.train_time_score_net(single, data, lr=0.05, steps=30, batch_size=64, generator=_gen(4))
     assert torch.allclose(ens.W2[1], single.W2, rtol=1e-5, atol=1e-6)
     # a low threshold flags a member whose loss exceeds it
     net = tn.TimeScoreNet(20, 2, generator=_gen(5))
-    r = tn.train_time_score_net(net, data, lr=0.01, steps=3, batch_size=8, generator=_gen(6),
+    r = tt.train_time_score_net(net, data, lr=0.01, steps=3, batch_size=8, generator=_gen(6),
                                 diverge_threshold=1e-3)
     assert bool(r.diverged) and int(r.diverged_step) == 0
 
 
 def test_time_grid_weights_and_batch_time_frequencies():
-    times, probs = tn.time_grid_weights(1.0, 0.01, 100, "sigma")
+    times, probs = tt.time_grid_weights(1.0, 0.01, 100, "sigma")
     assert torch.allclose(times[1:] - times[:-1], torch.full((99,), 0.01, dtype=torch.float64))
     assert float(times[0]) == 0.01 and float(times[-1]) == 1.0
     assert torch.allclose(probs, ou_sigma(times) / ou_sigma(times).sum())
-    _, pinv = tn.time_grid_weights(1.0, 0.01, 100, "inverse_sigma")
+    _, pinv = tt.time_grid_weights(1.0, 0.01, 100, "inverse_sigma")
     assert torch.allclose(pinv, (1 / ou_sigma(times)) / (1 / ou_sigma(times)).sum())
-    _, pu = tn.time_grid_weights(2.0, 0.5, 4, "uniform")
+    _, pu = tt.time_grid_weights(2.0, 0.5, 4, "uniform")
     assert torch.allclose(pu, torch.full((4,), 0.25, dtype=torch.float64))
     # the batch draws times with these probabilities and builds x_t = mu x_I + sigma z
     data = torch.tensor([[1.0], [-2.0]], dtype=torch.float64)
-    t5, p5 = tn.time_grid_weights(1.0, 0.2, 5, "sigma")
+    t5, p5 = tt.time_grid_weights(1.0, 0.2, 5, "sigma")
     mu, sig = ou_mu(t5), ou_sigma(t5)
-    u, z = tn._draw_batch(data, t5, mu, sig, p5, 1, 20000, _gen(18), torch.float64,
+    u, z = tt._draw_batch(data, t5, mu, sig, p5, 1, 20000, _gen(18), torch.float64,
                           torch.device("cpu"))
     counts = torch.stack([(u[0, :, 0] == t).sum() for t in t5]).double()
     se = torch.sqrt(20000 * p5 * (1 - p5))
@@ -323,10 +324,10 @@ def test_training_learns_the_gaussian_score():
     v0 = 0.25
     data = math.sqrt(v0) * torch.randn(2000, generator=_gen(19))
     net = tn.TimeScoreNet(128, 1, generator=_gen(20))
-    res = tn.train_time_score_net(net, data, lr=0.5, steps=800, batch_size=256, generator=_gen(21),
+    res = tt.train_time_score_net(net, data, lr=0.5, steps=800, batch_size=256, generator=_gen(21),
                                   log_every=1)
     h = res.loss_history
-    times, probs = tn.time_grid_weights()
+    times, probs = tt.time_grid_weights()
     v, mu, sig = float(data.double().var()), ou_mu(times), ou_sigma(times)
     floor = float((probs * v * mu ** 2 / (v * mu ** 2 + sig ** 2)).sum())
     assert float(h[0]) > 0.5  # about E|z|^2 = 1 at initialisation
@@ -364,16 +365,16 @@ def test_trainer_validation():
         args = dict(ok)
         args.update(kw)
         with pytest.raises(err, match=match):
-            tn.train_time_score_net(net, data, **args)
+            tt.train_time_score_net(net, data, **args)
     with pytest.raises(ValueError, match="dimension"):
-        tn.train_time_score_net(net, torch.randn(4, 3), **ok)
+        tt.train_time_score_net(net, torch.randn(4, 3), **ok)
     with pytest.raises(TypeError, match="net"):
-        tn.train_time_score_net("net", data, **ok)
+        tt.train_time_score_net("net", data, **ok)
     ens = tn.TimeScoreNet(5, 2, ensemble=2, generator=_gen(0))
     with pytest.raises(ValueError, match="one entry per ensemble member"):
-        tn.train_time_score_net(ens, data, lr=[0.1, 0.2, 0.3], steps=1)
+        tt.train_time_score_net(ens, data, lr=[0.1, 0.2, 0.3], steps=1)
     with pytest.raises(ValueError, match="lr entries"):
-        tn.train_time_score_net(ens, data, lr=[0.1, -0.2], steps=1)
+        tt.train_time_score_net(ens, data, lr=[0.1, -0.2], steps=1)
 
 
 # ----------------------------------------------------------------- device-ready paths (run on CPU)
@@ -416,7 +417,7 @@ def test_block_draws_match_autograd_reference(per_member_data):
     lr = torch.tensor([0.3, 0.05], dtype=torch.float64)
     net = tn.TimeScoreNet(m, d, ensemble=K, generator=_gens([1, 2]), dtype=torch.float64)
     want = _block_reference(net, data, lr, [31, 32], B, S, "mean_all")
-    res = tn.train_time_score_net(net, data, lr=lr, steps=S, batch_size=B, rng_block=S,
+    res = tt.train_time_score_net(net, data, lr=lr, steps=S, batch_size=B, rng_block=S,
                                   reduction="mean_all", generator=_gens([31, 32]))
     for k in range(K):
         for got, ref in zip((net.W1[k], net.b[k], net.W2[k]), want[k]):
@@ -426,8 +427,8 @@ def test_block_draws_match_autograd_reference(per_member_data):
 
 def test_block_draws_time_frequencies_follow_the_weights():
     data = torch.zeros(3, 1, dtype=torch.float64)
-    t5, p5 = tn.time_grid_weights(1.0, 0.2, 5, "sigma")
-    u, z = tn._draw_block(data, t5, ou_mu(t5), ou_sigma(t5), torch.cumsum(p5, 0), 1, 4, 5000,
+    t5, p5 = tt.time_grid_weights(1.0, 0.2, 5, "sigma")
+    u, z = tt._draw_block(data, t5, ou_mu(t5), ou_sigma(t5), torch.cumsum(p5, 0), 1, 4, 5000,
                           _gen(33), torch.float64, torch.device("cpu"))
     assert u.shape == (1, 4, 5000, 2) and z.shape == (1, 4, 5000, 1)
     counts = torch.stack([(u[..., 0] == t).sum() for t in t5]).double()
@@ -443,12 +444,12 @@ def test_ensemble_with_per_member_data_equals_single_runs(rng_block):
     data = torch.randn(3, 6, 2, generator=_gen(34))
     lrs = [0.5, 0.5, 0.1]
     ens = tn.TimeScoreNet(20, 2, ensemble=3, generator=_gens([1, 2, 3]))
-    res = tn.train_time_score_net(ens, data, lr=torch.tensor(lrs), steps=10, batch_size=30,
+    res = tt.train_time_score_net(ens, data, lr=torch.tensor(lrs), steps=10, batch_size=30,
                                   generator=_gens([7, 8, 9]), log_every=3, rng_block=rng_block,
                                   reduction="mean_all")
     for k in range(3):
         single = tn.TimeScoreNet(20, 2, generator=_gen(k + 1))
-        r1 = tn.train_time_score_net(single, data[k], lr=lrs[k], steps=10, batch_size=30,
+        r1 = tt.train_time_score_net(single, data[k], lr=lrs[k], steps=10, batch_size=30,
                                      generator=_gen(7 + k), log_every=3, rng_block=rng_block,
                                      reduction="mean_all")
         for p, q in zip((ens.W1[k], ens.b[k], ens.W2[k]), (single.W1, single.b, single.W2)):
@@ -461,7 +462,7 @@ def test_block_draws_log_and_divergence_like_per_step_draws():
     # the bookkeeping (loss windows, divergence step, freezing) is the same code in both modes
     data = 3 * torch.randn(8, 2, generator=_gen(17))
     ens = tn.TimeScoreNet(50, 2, ensemble=2, generator=_gens([1, 2]))
-    res = tn.train_time_score_net(ens, data, lr=torch.tensor([50.0, 0.05]), steps=30,
+    res = tt.train_time_score_net(ens, data, lr=torch.tensor([50.0, 0.05]), steps=30,
                                   batch_size=64, generator=_gens([3, 4]), log_every=1,
                                   rng_block=7)
     assert res.diverged.tolist() == [True, False]
@@ -475,8 +476,8 @@ def test_block_draws_log_and_divergence_like_per_step_draws():
     a = tn.TimeScoreNet(10, 2, generator=_gen(1))
     b = tn.TimeScoreNet(10, 2, generator=_gen(1))
     kw = dict(lr=0.1, steps=11, batch_size=16, rng_block=3)
-    ra = tn.train_time_score_net(a, data, generator=_gen(2), log_every=1, **kw)
-    rb = tn.train_time_score_net(b, data, generator=_gen(2), log_every=4, **kw)
+    ra = tt.train_time_score_net(a, data, generator=_gen(2), log_every=1, **kw)
+    rb = tt.train_time_score_net(b, data, generator=_gen(2), log_every=4, **kw)
     h = ra.loss_history
     want = torch.stack([h[:4].mean(), h[4:8].mean(), h[8:].mean()])
     assert torch.allclose(rb.loss_history, want, rtol=1e-5)
@@ -488,7 +489,7 @@ def test_block_draws_learn_the_gaussian_score():
     v0 = 0.25
     data = math.sqrt(v0) * torch.randn(2000, generator=_gen(19))
     net = tn.TimeScoreNet(128, 1, generator=_gen(20))
-    tn.train_time_score_net(net, data, lr=0.5, steps=800, batch_size=256, generator=_gen(21),
+    tt.train_time_score_net(net, data, lr=0.5, steps=800, batch_size=256, generator=_gen(21),
                             rng_block=32)
     g = _gen(22)
     for t in (0.5, 1.0):
@@ -505,18 +506,18 @@ def test_device_options_validation():
     data = torch.randn(4, 2)
     ok = dict(lr=0.1, steps=2, batch_size=4)
     with pytest.raises(ValueError, match="rng_block"):
-        tn.train_time_score_net(net, data, rng_block=0, **ok)
+        tt.train_time_score_net(net, data, rng_block=0, **ok)
     with pytest.raises(ValueError, match="cuda_graph=True needs"):
-        tn.train_time_score_net(net, data, rng_block=2, cuda_graph=True, **ok)
+        tt.train_time_score_net(net, data, rng_block=2, cuda_graph=True, **ok)
     with pytest.raises(TypeError, match="cuda_graph"):
-        tn.train_time_score_net(net, data, cuda_graph="yes", **ok)
+        tt.train_time_score_net(net, data, cuda_graph="yes", **ok)
     with pytest.raises(ValueError, match="one data set per member"):
-        tn.train_time_score_net(net, torch.randn(2, 4, 2), **ok)
+        tt.train_time_score_net(net, torch.randn(2, 4, 2), **ok)
     ens = tn.TimeScoreNet(5, 2, ensemble=2, generator=_gen(0))
     with pytest.raises(ValueError, match="one data set per member"):
-        tn.train_time_score_net(ens, torch.randn(3, 4, 2), **ok)
+        tt.train_time_score_net(ens, torch.randn(3, 4, 2), **ok)
     with pytest.raises(ValueError, match="dimension"):
-        tn.train_time_score_net(ens, torch.randn(2, 4, 3), **ok)
+        tt.train_time_score_net(ens, torch.randn(2, 4, 3), **ok)
 
 
 def test_unchecked_score_lets_nan_through():
@@ -543,6 +544,7 @@ def test_fused_kernel_matches_the_torch_path_under_the_interpreter():
     code = r"""
 import torch
 import dsmlib.timenet as tn
+import dsmlib.timenet_training as tt
 import dsmlib._fused_timenet as fz
 assert fz.available()
 g = torch.Generator().manual_seed(0)
@@ -551,7 +553,7 @@ for K, B, m, d in [(2, 70, 50, 2), (3, 45, 33, 5), (1, 40, 20, 10), (2, 33, 17, 
                  torch.randn(K, d, m, generator=g))
     u, z = torch.randn(K, B, d + 1, generator=g), torch.randn(K, B, d, generator=g)
     for red in ("mean", "sum", "mean_all"):
-        want = tn._loss_and_grads(W1.double(), b.double(), W2.double(), u.double(), z.double(),
+        want = tt._loss_and_grads(W1.double(), b.double(), W2.double(), u.double(), z.double(),
                                   red, chunk=1000)
         got = fz.loss_and_grads(W1, b, W2, u, z, red)
         for x, y in zip(got, want):
@@ -562,7 +564,7 @@ nets = []
 for fused in (True, False):
     net = tn.TimeScoreNet(24, 2, ensemble=2,
                           generator=[torch.Generator().manual_seed(k) for k in (1, 2)])
-    tn.train_time_score_net(net, data, lr=0.5, steps=6, batch_size=40, rng_block=4,
+    tt.train_time_score_net(net, data, lr=0.5, steps=6, batch_size=40, rng_block=4,
                             reduction="mean_all", fused=fused,
                             generator=[torch.Generator().manual_seed(k) for k in (3, 4)])
     nets.append(net)
@@ -581,7 +583,7 @@ def test_fused_option_validation():
     net = tn.TimeScoreNet(5, 2, generator=_gen(0), dtype=torch.float64)
     data = torch.randn(4, 2, dtype=torch.float64)
     with pytest.raises(TypeError, match="fused"):
-        tn.train_time_score_net(net, data, lr=0.1, steps=1, fused="auto")
+        tt.train_time_score_net(net, data, lr=0.1, steps=1, fused="auto")
     with pytest.raises(ValueError, match="fused=True needs"):   # float64, or no Triton
-        tn.train_time_score_net(net, data, lr=0.1, steps=1, fused=True)
+        tt.train_time_score_net(net, data, lr=0.1, steps=1, fused=True)
     assert fz.MAX_DIM == 14

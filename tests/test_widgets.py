@@ -1,4 +1,4 @@
-"""The playground of chapter 10: its packaged grid file, the explorer widget and the scrubbers.
+"""The playground chapter: its packaged grid file, the explorer widget and the scrubbers.
 
 Run:  python -m pytest tests/test_widgets.py -q       (about 20 s on 2 CPU cores)
 
@@ -17,6 +17,7 @@ import torch
 
 import dsmlib
 from dsmlib import playground as pg
+from dsmlib import playground_compute as pgc
 from dsmlib.io import ResultsError
 
 widgets = pytest.importorskip("dsmlib.widgets")   # needs ipywidgets
@@ -93,11 +94,11 @@ def test_packaged_grid_regenerates_bit_for_bit(packaged):
     a, b = cfg.times.index(0.05), cfg.ns.index(5)
     c, d = cfg.widths.index(100), cfg.seeds.index(0)
     A = packaged.arrays
-    for key in pg._NET_KEYS:
+    for key in pgc._NET_KEYS:
         stored = A[key][a, b, c, d]
         np.testing.assert_array_equal(np.asarray(cell[key]).astype(stored.dtype), stored,
                                       err_msg=f"{key}: regenerate the grid or find the drift")
-    for key in pg._OPT_KEYS:
+    for key in pgc._OPT_KEYS:
         stored = A[key][a, b, d]
         np.testing.assert_array_equal(np.asarray(cell[key]).astype(stored.dtype), stored,
                                       err_msg=key)

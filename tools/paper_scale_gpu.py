@@ -47,7 +47,8 @@ from dsmlib.experiments import diffusion as dif  # noqa: E402
 from dsmlib.experiments.runner import _identity  # noqa: E402
 from dsmlib.io import load_results, save_results  # noqa: E402
 from dsmlib.sampling import optimal_score_fn, reverse_sde_sample  # noqa: E402
-from dsmlib.timenet import TimeScoreNet, train_time_score_net  # noqa: E402
+from dsmlib.timenet import TimeScoreNet  # noqa: E402
+from dsmlib.timenet_training import train_time_score_net  # noqa: E402
 
 # Roofline ceilings of one H200 (SXM): plain fp32 arithmetic (datasheet) and the device-to-device
 # copy bandwidth measured on such a machine (KINDS.md of the device tool); ~2.5 us per kernel
@@ -76,7 +77,7 @@ def roofline_step_seconds(K: int, B: int, m: int, d: int, fused: bool = False) -
 
 def _fused_used(d, device) -> bool:
     import dsmlib._fused_timenet as fz
-    import dsmlib.timenet as tn
+    import dsmlib.timenet_training as tn
     return device.type == "cuda" and tn.USE_FUSED and fz.available() and d <= fz.MAX_DIM
 
 
@@ -130,10 +131,10 @@ def preflight(device) -> bool:
        the generators (the same draws, redone): the kernels compute what they should.
     2. On CUDA: a run replayed from a captured CUDA graph against the same run without graphs
        (the same kernels: equal up to rounding). If they differ or capture fails, graphs are
-       switched off for the whole run (``dsmlib.timenet.USE_CUDA_GRAPHS``).
+       switched off for the whole run (``dsmlib.timenet_training.USE_CUDA_GRAPHS``).
     Returns False when check 1 fails (the script then stops).
     """
-    import dsmlib.timenet as tn
+    import dsmlib.timenet_training as tn
     K, m, d, n, B, S = 2, 64, 2, 10, 256, 2
     g0 = torch.Generator(device=device).manual_seed(7)
     data = 2 * torch.randn(n, d, generator=g0, device=device)

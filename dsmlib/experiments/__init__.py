@@ -28,7 +28,8 @@ Command line (``--help`` lists the options)::
     python -m dsmlib.experiments fig2 --scale paper --dim 1 --out results/
 
 Modules: ``sweeps`` (Fig. 1-2), ``diffusion`` (Fig. 3-4 and the side experiments), ``decomposition``
-(what keeps SGD away from ``s*``: the ``mechanism`` experiment), ``open_questions`` (the
+(what keeps SGD away from ``s*``: the ``mechanism`` experiment, d = 1), ``decomposition2d`` (the
+same questions for the d = 2 networks of Fig. 3: ``mechanism2d``), ``open_questions`` (the
 ``phase`` and ``generation`` experiments of the chapter "The open questions, measured"; their
 analysis in ``open_analysis``), ``runner``
 (presets, deviations, result files) and ``__main__`` (the command line). See the chapters
@@ -40,8 +41,8 @@ from __future__ import annotations
 
 from .diffusion import (Fig3Config, Fig4Config, fig3, fig4, fig4_combine, jitter_calibration,
                         reduction_check)
-from .decomposition import (Mechanism2dConfig, MechanismConfig, collapse_by_step, decompose,
-                            mechanism, mechanism2d)
+from .decomposition import MechanismConfig, collapse_by_step, decompose, mechanism
+from .decomposition2d import Mechanism2dConfig, mechanism2d
 from .open_questions import GenerationConfig, PhaseConfig, generation, phase
 from .runner import FIGURES, deviations, load, make_config, result_path, run
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2

@@ -18,7 +18,8 @@ import torch
 
 from ..metrics import fitted_gaussian, memorization_fraction, mmd
 from ..sampling import optimal_score_fn, reverse_sde_sample
-from ..timenet import TimeScoreNet, train_time_score_net
+from ..timenet import TimeScoreNet
+from ..timenet_training import train_time_score_net
 from ._common import (_DATA, _EVAL, _INIT, _SAMPLE, _TRAIN, _check_common, _check_lrs,
                       _check_reduction, _generator, _progress)
 

@@ -42,12 +42,14 @@ from ..networks import TwoLayerScoreNet, active_fraction
 from ..risk import excess_risk
 from ..sampling import optimal_score_fn, reverse_sde_sample
 from ..schedule import ou_mu, ou_sigma
-from ..theory import min_gap, theorem_lr_threshold, weighted_tv
-from ..timenet import TimeScoreNet, train_time_score_net
+from ..regularity import weighted_tv
+from ..theory import min_gap, theorem_lr_threshold
+from ..timenet import TimeScoreNet
+from ..timenet_training import train_time_score_net
 from ..training import train_sgd
 from ._common import _DATA, _EVAL, _INIT, _SAMPLE, _TRAIN, _check_common, _check_lrs, \
     _generator, _progress
-from .decomposition import time_net_activity
+from .decomposition2d import time_net_activity
 from .open_analysis import (CAUSES, boundary_cause, bootstrap_exponent, crossing, fit_power,
                             onset_time, phase_boundary, relative_excess)
 from .sweeps import _schedule

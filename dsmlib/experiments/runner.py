@@ -14,7 +14,8 @@ import torch
 from .. import _checks
 from ..io import ResultsError, check_writable, config_to_dict, load_results, save_results
 from .diffusion import Fig3Config, Fig4Config, fig3, fig4
-from .decomposition import Mechanism2dConfig, MechanismConfig, mechanism, mechanism2d
+from .decomposition import MechanismConfig, mechanism
+from .decomposition2d import Mechanism2dConfig, mechanism2d
 from .open_questions import GenerationConfig, PhaseConfig, generation, phase
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 
