@@ -31,7 +31,8 @@ from .posterior_bounds import (prop2_midpoint_bound, prop2_near_data_bound, cor3
                                posterior_near_data_lemma, posterior_midpoint_lemma)
 from .regularity import tv_weight_pieces, tv_weight, weighted_tv
 from .sampling import reverse_sde_sample, reverse_time_grid, optimal_score_fn
-from .metrics import mmd, nearest_neighbor_distances, memorization_fraction, fitted_gaussian
+from .metrics import (mmd, nearest_neighbor_distances, memorization_fraction, fitted_gaussian,
+                      energy_distance, sliced_wasserstein)
 from .timenet import TimeScoreNet
 from .timenet_training import train_time_score_net
 from .io import save_results, load_results, ResultsError
@@ -62,6 +63,7 @@ __all__ = [
     "tv_weight_pieces", "tv_weight", "weighted_tv",
     "reverse_sde_sample", "reverse_time_grid", "optimal_score_fn",
     "mmd", "nearest_neighbor_distances", "memorization_fraction", "fitted_gaussian",
+    "energy_distance", "sliced_wasserstein",
     "TimeScoreNet", "train_time_score_net",
     "save_results", "load_results", "ResultsError",
     *_LAZY,

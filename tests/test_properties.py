@@ -258,6 +258,7 @@ SPECIFIC = {
     "noise_nodes": {"num_nodes": (ints, lambda: 11)},
     "perturbation_test": {"radius": (scalars, lambda: 0.01), "steps": (ints, lambda: 2)},
     "full_batch_gd": {"steps": (ints, lambda: 2)},
+    "sliced_wasserstein": {"p": (scalars, lambda: 2.0), "num_projections": (ints, lambda: 8)},
 }
 
 # ---------------------------------------------------------------------------------------------

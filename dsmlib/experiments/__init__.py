@@ -14,6 +14,8 @@ arrays (axes documented in its docstring), the same dict that :func:`run` saves 
 ``fig4``   MMD ratio vs dimension d at eta = 0.5
 ``mechanism``  the Fig. 2 networks (d = 1) split into collapse, SGD noise and smoothing, with their
            trajectory along training; ``mechanism2d``: the Fig. 3 networks (d = 2) with controls
+``phase``  the book's (eta, sigma, n) phase diagram of the learned 1-D score (open questions)
+``generation``  d = 2 memorization and distance to the true law along training, vs n and eta
 =========  ======================================================================================
 
 Every sweep of learning rates x seeds (x noise levels) is trained as one ensemble per learning
@@ -27,10 +29,12 @@ Command line (``--help`` lists the options)::
 
 Modules: ``sweeps`` (Fig. 1-2), ``diffusion`` (Fig. 3-4 and the side experiments), ``decomposition``
 (what keeps SGD away from ``s*``: the ``mechanism`` experiment, d = 1), ``decomposition2d`` (the
-same questions for the d = 2 networks of Fig. 3: ``mechanism2d``), ``runner``
+same questions for the d = 2 networks of Fig. 3: ``mechanism2d``), ``open_questions`` (the
+``phase`` and ``generation`` experiments of the chapter "The open questions, measured"; their
+analysis in ``open_analysis``), ``runner``
 (presets, deviations, result files) and ``__main__`` (the command line). See the chapters
-"Large learning rates memorize less", "What keeps SGD away from s*" and "Higher dimension
-memorizes less".
+"Large learning rates memorize less", "What keeps SGD away from s*", "Higher dimension
+memorizes less" and "The open questions, measured".
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .diffusion import (Fig3Config, Fig4Config, fig3, fig4, fig4_combine, jitter
                         reduction_check)
 from .decomposition import MechanismConfig, collapse_by_step, decompose, mechanism
 from .decomposition2d import Mechanism2dConfig, mechanism2d
+from .open_questions import GenerationConfig, PhaseConfig, generation, phase
 from .runner import FIGURES, deviations, load, make_config, result_path, run
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 
@@ -51,6 +56,7 @@ def main(argv=None) -> int:
 
 __all__ = ["Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "MechanismConfig", "fig1",
            "fig2", "fig3", "fig4", "fig4_combine", "mechanism", "decompose", "Mechanism2dConfig",
-           "mechanism2d", "collapse_by_step", "reduction_check",
+           "mechanism2d", "collapse_by_step", "reduction_check", "PhaseConfig", "phase",
+           "GenerationConfig", "generation",
            "jitter_calibration", "make_config", "deviations", "result_path", "run", "load",
            "FIGURES", "main"]

@@ -16,13 +16,15 @@ from ..io import ResultsError, check_writable, config_to_dict, load_results, sav
 from .diffusion import Fig3Config, Fig4Config, fig3, fig4
 from .decomposition import MechanismConfig, mechanism
 from .decomposition2d import Mechanism2dConfig, mechanism2d
+from .open_questions import GenerationConfig, PhaseConfig, generation, phase
 from .sweeps import Fig1Config, Fig2Config, fig1, fig2
 
 __all__ = ["FIGURES", "make_config", "deviations", "result_path", "run", "load"]
 
 FIGURES = {"fig1": (Fig1Config, fig1), "fig2": (Fig2Config, fig2), "fig3": (Fig3Config, fig3),
            "fig4": (Fig4Config, fig4), "mechanism": (MechanismConfig, mechanism),
-           "mechanism2d": (Mechanism2dConfig, mechanism2d)}
+           "mechanism2d": (Mechanism2dConfig, mechanism2d), "phase": (PhaseConfig, phase),
+           "generation": (GenerationConfig, generation)}
 
 
 
