@@ -631,6 +631,15 @@ LAYOUT_JS = r"""(async () => {
       }
     }
   }
+  for (const pre of article.querySelectorAll('div.cell_input pre')) {
+    if (!shown(pre)) continue;
+    const px = wide(pre);
+    if (px) {
+      problems.push(`code cell (${where(pre)}): ${px} px wider than the column (long lines must ` +
+                    `wrap: book/_static/code-wrap.css)`);
+      break;                                       // one report per page
+    }
+  }
   return {problems: problems, images: images, columnWidth: Math.round(article.clientWidth)};
 })()""" % {"scale": MIN_SCALE, "text": MIN_TEXT_PX, "slack": SLACK_PX}
 
