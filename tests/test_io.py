@@ -66,7 +66,10 @@ def test_interrupt_leaves_no_partial_file(tmp_path):
     # afterwards the target is either absent or a complete, valid results file.
     target = tmp_path / "big.npz"
     code = (
-        "import numpy as np, sys\n"
+        "import numpy as np, signal, sys\n"
+        # a shell without job control starts background jobs with SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt handler: restore it, as in an interactive session
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from dsmlib.io import save_results\n"
         "print('ready', flush=True)\n"
         "a = np.random.default_rng(0).standard_normal(4_000_000)\n"
@@ -78,9 +81,7 @@ def test_interrupt_leaves_no_partial_file(tmp_path):
     import time
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
-    # the interrupt lands between C calls (a compression chunk, an fsync): on a loaded machine
-    # with a busy disk that can take a while, so the wait is generous
-    proc.wait(timeout=300)
+    proc.wait(timeout=60)
     leftovers = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     assert leftovers == []
     if target.exists():
@@ -131,7 +132,7 @@ def test_killed_save_leaves_only_complete_files(tmp_path, sig):
     import time
     time.sleep(1.2)
     proc.send_signal(sig)
-    proc.wait(timeout=300)    # generous: see test_interrupt_leaves_no_partial_file
+    proc.wait(timeout=60)
     visible = [f for f in os.listdir(tmp_path) if not f.startswith(".")]
     assert visible in ([], ["big.npz"])
     if target.exists():

@@ -56,6 +56,7 @@ USE_COMMANDS = {
         "test_executor_leaves_an_unchanged_notebook_unchanged",
     "python benchmarks/bench_training.py": "test_benchmarks_run",
     "python benchmarks/bench_playground.py": "test_benchmarks_run",
+    "python benchmarks/bench_timenet.py": "test_benchmarks_run",
     "python benchmarks/bench_memory.py": "test_benchmarks_run",
     "python -m dsmlib.experiments fig1 --scale paper": "test_fig1_paper_scale_reproduces_results",
     "python -m dsmlib.playground --regenerate":
@@ -134,6 +135,8 @@ def test_benchmarks_run():
     out = _run([PY, "benchmarks/bench_training.py", "--steps", "40", "--plain-steps", "5",
                 "--members", "2", "--dims", "1", "--threads", "1"])
     assert "network-steps per second" in out
+    out = _run([PY, "benchmarks/bench_timenet.py", "--steps", "2", "--members", "2"])
+    assert "ratio" in out
     out = _run([PY, "benchmarks/bench_playground.py", "--moves", "2"])
     assert "learning-rate slider" in out
     out = _run([PY, "benchmarks/bench_memory.py", "--queries", "20000", "--points", "2000",
