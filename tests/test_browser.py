@@ -767,7 +767,8 @@ def test_saved_widgets_render(visit, book_html, docname):
 
 
 def test_playground_has_widgets_and_animation(book_html):
-    """The playground chapter keeps at least one saved widget and one kernel-free to_jshtml scrubber."""
+    """The playground chapter keeps at least one saved widget and one kernel-free to_jshtml
+    scrubber."""
     text = (book_html / f"{PLAYGROUND}.html").read_text(encoding="utf-8")
     assert "application/vnd.jupyter.widget-view+json" in text, \
         "the playground has no saved widget: execute it with tools/execute_notebooks.py"
