@@ -173,20 +173,39 @@ DECOMPOSITION_PARTS = (("floor", "0.75", "floor (the smallest $\\eta$, decayed)"
                        ("noise", "C0", "SGD noise (removed by the decay)"))
 
 
+def _short(v) -> str:
+    """Two significant digits, in fixed point below 1e-4 too (``-7.7e-05`` -> ``-0.0001``)."""
+    return fmt(v, ".4f") if np.isfinite(v) and 0 < abs(v) < 1e-4 else fmt(v, ".2g")
+
+
+def _halfwidth(v) -> str:
+    """An interval's half-width to one significant digit (``0.00058`` -> ``0.0006``; from 10 on,
+    whole numbers: ``14.5`` -> ``14``)."""
+    if not np.isfinite(v):
+        return fmt(v)
+    if abs(v) >= 10:
+        return f"{v:.0f}"
+    return fmt(v, ".4f") if 0 < abs(v) < 1e-4 else fmt(v, ".1g")
+
+
 def decomposition_table(parts, lrs):
     """The decomposition of :func:`dsmlib.experiments.decompose` as a :class:`Table`.
 
-    One row per learning rate: the mean of each part ``± the half-width`` of its 95% interval
-    (Student t, symmetric), and the number of collapsed and diverged networks out of those run.
+    One row per learning rate: the mean total and the mean of each part (floor, collapse,
+    smoothing, SGD noise: they add up to the total), each but the floor ``± the half-width`` of
+    its 95% interval (one significant digit; Student t, symmetric; the floor's interval is that of
+    the smallest learning rate's row), and the number of collapsed and diverged networks out of
+    those run.
     """
     def pm(p, i):
         m, hi = parts[p][i], parts[p + "_hi"][i]
-        return f"{fmt(m, '.2g')} \u00b1 {fmt(hi - m, '.2g')}" if np.isfinite(m) else fmt(m)
+        return f"{_short(m)} \u00b1 {_halfwidth(hi - m)}" if np.isfinite(m) else fmt(m)
 
     rows = []
     for i, lr in enumerate(lrs):
         n, div = int(parts["n"][i]), int(parts["diverged"][i])
-        rows.append({"eta": fmt(lr), "total": pm("total", i), "collapse": pm("collapse", i),
+        rows.append({"eta": fmt(lr), "total": pm("total", i), "floor": _short(parts["floor"][i]),
+                     "collapse": pm("collapse", i),
                      "smoothing": pm("smoothing", i), "SGD noise": pm("noise", i),
                      "collapsed, diverged": f"{int(parts['collapsed'][i])}, {div} of {n + div}"})
     return table(rows, index="eta")

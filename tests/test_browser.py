@@ -636,7 +636,7 @@ LAYOUT_JS = r"""(async () => {
     const px = wide(pre);
     if (px) {
       problems.push(`code cell (${where(pre)}): ${px} px wider than the column (long lines must ` +
-                    `wrap: book/_static/code-wrap.css)`);
+                    `wrap: book/_static/page.css)`);
       break;                                       // one report per page
     }
   }

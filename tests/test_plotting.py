@@ -52,6 +52,11 @@ def test_decomposition_table_and_plot():
     t = dplt.decomposition_table(parts, [0.5, 0.1])
     assert t.df.loc["0.5", "total"] == "2 \u00b1 0.1"
     assert t.df.loc["0.5", "collapsed, diverged"] == "3, 1 of 6"
+    assert t.df.loc["0.1", "floor"] == "0.3"
+    parts["collapse_hi"] = parts["collapse"].copy()                  # a zero-width interval
+    assert dplt.decomposition_table(parts, [0.5, 0.1]).df.loc["0.1", "collapse"] == "0 \u00b1 0"
+    tiny = dict(parts, smoothing=np.array([-7.7e-05, 0.05]))        # no e-notation for tiny parts
+    assert dplt.decomposition_table(tiny, [0.5, 0.1]).df.loc["0.5", "smoothing"].startswith("-0.0001")
     fig, ax = plt.subplots()
     dplt.plot_decomposition(ax, parts, [0.5, 0.1])
     heights = sorted(round(p.get_height(), 6) for p in ax.patches)
