@@ -173,19 +173,16 @@ DECOMPOSITION_PARTS = (("floor", "0.75", "floor (the smallest $\\eta$, decayed)"
                        ("noise", "C0", "SGD noise (removed by the decay)"))
 
 
-def _short(v) -> str:
-    """Two significant digits, in fixed point below 1e-4 too (``-7.7e-05`` -> ``-0.0001``)."""
-    return fmt(v, ".4f") if np.isfinite(v) and 0 < abs(v) < 1e-4 else fmt(v, ".2g")
+def _short(v, spec: str = ".2g") -> str:
+    """``spec`` (two significant digits), in fixed point below 1e-4 too (``-7.7e-05`` ->
+    ``-0.0001``: no e-notation in the tables)."""
+    return fmt(v, ".4f") if np.isfinite(v) and 0 < abs(v) < 1e-4 else fmt(v, spec)
 
 
 def _halfwidth(v) -> str:
     """An interval's half-width to one significant digit (``0.00058`` -> ``0.0006``; from 10 on,
     whole numbers: ``14.5`` -> ``14``)."""
-    if not np.isfinite(v):
-        return fmt(v)
-    if abs(v) >= 10:
-        return f"{v:.0f}"
-    return fmt(v, ".4f") if 0 < abs(v) < 1e-4 else fmt(v, ".1g")
+    return f"{v:.0f}" if np.isfinite(v) and abs(v) >= 10 else _short(v, ".1g")
 
 
 def decomposition_table(parts, lrs):
